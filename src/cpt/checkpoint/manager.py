@@ -1,0 +1,96 @@
+"""Checkpoints with torch.distributed.checkpoint (DCP), written atomically and self-describing.
+
+`checkpoints/<name>/` holds `state/` (DCP: model, optimizer, RNG — resharded on load, so a later
+run may resume on another number of processes) and `meta.json` (train counters, LR, schedule
+phase, parent). A checkpoint is written under `.tmp-<name>` and renamed into place, so a crash
+never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from ..errors import CptError
+
+META = "meta.json"
+
+
+@contextmanager
+def _quiet():
+    """DCP warns that it runs single-process when no process group exists; that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+class CheckpointManager:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def save(self, name: str, model, optimizer, meta: dict) -> Path:
+        final = self.path(name)
+        tmp = self.root / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        with _quiet():
+            dcp.save({"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state()},
+                     checkpoint_id=str(tmp / "state"))
+        (tmp / META).write_text(json.dumps({"name": name, **meta}, indent=2))
+        if final.exists():  # a stage end redone after a resume: replace the old copy whole
+            old = self.root / f".old-{name}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        return final
+
+    @staticmethod
+    def read_meta(path: Path) -> dict:
+        try:
+            return json.loads((Path(path) / META).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CptError(f"{path}: not a cpt checkpoint ({e})") from None
+
+    @staticmethod
+    def load(path: Path, model, optimizer, rng: bool = True) -> dict:
+        """Load model and optimizer (and the RNG) in place from a checkpoint folder; return its meta."""
+        meta = CheckpointManager.read_meta(path)
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        if rng:
+            state["rng"] = torch.get_rng_state()
+        try:
+            with _quiet():
+                dcp.load(state, checkpoint_id=str(Path(path) / "state"))
+        except Exception as e:
+            raise CptError(f"{path}: cannot load checkpoint into this model ({type(e).__name__}: {e})") from None
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        if rng:
+            torch.set_rng_state(state["rng"])
+        return meta
+
+    def latest(self) -> Path | None:
+        """The most recently saved complete checkpoint (by save sequence number)."""
+        best, best_seq = None, -1
+        for d in self.root.glob("*"):
+            if d.name.startswith(".") or not (d / META).is_file():
+                continue
+            seq = self.read_meta(d).get("seq", -1)
+            if seq > best_seq:
+                best, best_seq = d, seq
+        return best

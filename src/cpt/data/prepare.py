@@ -1,0 +1,91 @@
+"""Everything data a run needs, prepared once before stage one: shards, validation slices, streams.
+
+The validation slice of every source is carved once and stored in the run directory
+(`data/<source>.val.npy`); training streams use the remaining documents only, and a resume reuses
+the stored slices, so evaluation sets never change across stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CptError
+from ..eval.validation import validation_windows
+from ..recipe import BUFFER, Recipe
+from .buffer import ReplayBuffer
+from .packing import PackedStream
+from .tokenize import TokenizedSource, carve_validation, prepare_source
+
+
+@dataclass
+class SourceData:
+    tokenized: TokenizedSource
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    stream: PackedStream
+
+
+class RunData:
+    """Per-source shards and streams, the fixed validation windows, and the replay buffer."""
+
+    def __init__(self, recipe: Recipe, out: Path, tokenizer):
+        self.recipe = recipe
+        self.dir = out / "data"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shard_dir = recipe.data_dir or out / "shards"
+        keys_path = self.dir / "sources.json"
+        recorded = json.loads(keys_path.read_text()) if keys_path.is_file() else {}
+        self.sources: dict[str, SourceData] = {}
+        for name, cfg in recipe.sources.items():
+            tok = prepare_source(name, cfg, tokenizer, shard_dir)
+            if name in recorded and recorded[name] != tok.key:
+                raise CptError(f"sources.{name}: its files or tokenizer changed since this run carved its "
+                               f"validation slice ({recorded[name]} -> {tok.key}); start a new --out")
+            self.sources[name] = self._split(name, tok)
+        _write_atomic(keys_path, json.dumps({n: s.tokenized.key for n, s in self.sources.items()}, indent=1))
+        self.buffer = ReplayBuffer(out / "buffer")
+        self._buffer_streams: dict[int, PackedStream] = {}
+
+    def _split(self, name: str, tok: TokenizedSource) -> SourceData:
+        shard = tok.open()
+        val_path = self.dir / f"{name}.val.npy"
+        if val_path.is_file():
+            val_ids = np.load(val_path)
+        else:
+            val_ids = carve_validation(shard, self.recipe.validation.tokens_per_source, self.recipe.seed, name)
+            tmp = self.dir / f"{name}.val.tmp.npy"
+            np.save(tmp, val_ids)
+            os.replace(tmp, val_path)
+        train_ids = np.setdiff1d(np.arange(len(shard)), val_ids)
+        stream = PackedStream(name, shard, train_ids, self.recipe.seq_len, self.recipe.seed)
+        return SourceData(tok, train_ids, val_ids, stream)
+
+    def validation(self) -> dict[str, torch.Tensor]:
+        r = self.recipe
+        return {n: validation_windows(s.stream.shard, s.val_ids, r.validation.tokens_per_source, r.seq_len)
+                for n, s in self.sources.items()}
+
+    def stream_name(self, mix_name: str, buffer_version: int) -> str:
+        return self.buffer.stream_name(buffer_version) if mix_name == BUFFER else mix_name
+
+    def stream(self, name: str) -> PackedStream:
+        if name in self.sources:
+            return self.sources[name].stream
+        version = int(name.rsplit("@v", 1)[1])
+        if version not in self._buffer_streams:
+            shard = self.buffer.shard(version)
+            self._buffer_streams[version] = PackedStream(name, shard, np.arange(len(shard)),
+                                                         self.recipe.seq_len, self.recipe.seed)
+        return self._buffer_streams[version]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,95 @@
+"""Reading documents out of raw source files: text with a separator, lines, JSONL, Parquet."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import CptError
+from ..recipe import SourceCfg
+
+DEFAULT_SEPARATOR = "\n\n"
+
+
+def iter_documents(name: str, src: SourceCfg) -> Iterator[str]:
+    """Every non-empty document of a source, in file order. Errors name the file and line."""
+    fmt = src.resolved_format()
+    render = _renderer(name, src)
+    for path in src.paths:
+        if fmt == "text":
+            yield from _text_docs(path, src.separator or DEFAULT_SEPARATOR)
+        elif fmt == "lines":
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        yield line.rstrip("\r\n")
+        elif fmt == "jsonl":
+            yield from _jsonl_docs(path, render)
+        else:
+            yield from _parquet_docs(path, src, render)
+
+
+def _text_docs(path: Path, separator: str) -> Iterator[str]:
+    """Split on `separator` while streaming, so a large file never sits in memory whole."""
+    pending = ""
+    with open(path, encoding="utf-8") as f:
+        while chunk := f.read(1 << 20):
+            pending += chunk
+            *docs, pending = pending.split(separator)
+            for d in docs:
+                if d.strip():
+                    yield d.strip()
+    if pending.strip():
+        yield pending.strip()
+
+
+def _renderer(name: str, src: SourceCfg):
+    """A function record -> text: the template over its fields, or its `text_field`."""
+    if src.template is None:
+        field = src.text_field
+
+        def text_of(record: dict, where: str) -> str:
+            if field not in record:
+                raise CptError(f"{where}: no `{field}` field (source `{name}`: set text_field or template)")
+            return str(record[field])
+
+        return text_of
+    fields = [f for _, f, _, _ in string.Formatter().parse(src.template) if f]
+
+    def fill(record: dict, where: str) -> str:
+        missing = [f for f in fields if f not in record]
+        if missing:
+            raise CptError(f"{where}: template field(s) {missing} not in the record (source `{name}`)")
+        return src.template.format(**record)
+
+    return fill
+
+
+def _jsonl_docs(path: Path, render) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CptError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            text = render(record, f"{path}:{n}")
+            if text.strip():
+                yield text
+
+
+def _parquet_docs(path: Path, src: SourceCfg, render) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise CptError(f"{path}: cannot read as Parquet ({e})") from None
+    for batch in pf.iter_batches(batch_size=1024):
+        for i, record in enumerate(batch.to_pylist()):
+            text = render(record, f"{path}")
+            if text.strip():
+                yield text

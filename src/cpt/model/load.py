@@ -1,0 +1,44 @@
+"""Building the model and tokenizer a recipe names: a local Hugging Face folder, or a fresh Llama."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import CptError
+from ..recipe import Recipe
+
+
+def load_tokenizer(recipe: Recipe):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(recipe.tokenizer_path))
+    except Exception as e:  # transformers raises many types for a bad folder
+        raise CptError(f"tokenizer: cannot load {recipe.tokenizer_path} ({type(e).__name__}: {e})") from None
+
+
+def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:
+    """The starting model in fp32 (bf16 only under autocast, so optimizer state stays fp32)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if recipe.model.path is not None:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(recipe.model.path), dtype=torch.float32)
+        except Exception as e:
+            raise CptError(f"model.path: cannot load {recipe.model.path} ({type(e).__name__}: {e})") from None
+    else:
+        fields = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                  "eos_token_id": tokenizer.eos_token_id, "max_position_embeddings": recipe.seq_len}
+        fields.update(recipe.model.init)
+        try:
+            config = LlamaConfig(**fields)
+        except Exception as e:
+            raise CptError(f"model.init: not a valid Llama config ({e})") from None
+        torch.manual_seed(recipe.seed)  # the from-scratch weights are part of the run's determinism
+        model = LlamaForCausalLM(config)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if vocab < len(tokenizer):
+        raise CptError(f"tokenizer: {len(tokenizer)} tokens but the model's embedding has {vocab} rows; "
+                       "use the model's own tokenizer (or extend the vocabulary first)")
+    model.config.use_cache = False
+    return model

@@ -1,0 +1,366 @@
+"""The recipe: one YAML file describing a whole multi-stage CPT plan, validated before any work.
+
+Typed models reject unknown keys; `load_recipe` then runs the cross-field checks (mixes, buffer
+order, budgets, `init:` references, files on disk) and reports *every* problem in one line that
+names the recipe file and each field path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, AfterValidator
+
+from .errors import RecipeError
+
+BUFFER = "buffer"  # the reserved mix name of the replay buffer B
+
+
+def _relative_to_recipe(value: Path, info: ValidationInfo) -> Path:
+    """Paths in a recipe are relative to the recipe file, not to the working directory."""
+    base = (info.context or {}).get("base_dir")
+    value = Path(value).expanduser()
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+RelPath = Annotated[Path, AfterValidator(_relative_to_recipe)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelCfg(Strict):
+    """`path`: a Hugging Face model folder; or `init`: LlamaConfig fields to train from scratch."""
+
+    path: RelPath | None = None
+    init: dict[str, Any] | None = None
+
+
+class OptimizerCfg(Strict):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class SourceCfg(Strict):
+    """A named dataset: raw files to tokenize, or an existing Megatron shard `prefix`."""
+
+    paths: list[RelPath] = []
+    prefix: RelPath | None = None
+    format: Literal["text", "lines", "jsonl", "parquet"] | None = None  # inferred from extension
+    separator: str | None = None  # text format: document separator (default: a blank line)
+    text_field: str = "text"  # jsonl / parquet column
+    template: str | None = None  # jsonl / parquet: "{question}\n{answer}" over fields
+
+    def resolved_format(self) -> str:
+        if self.format:
+            return self.format
+        suffixes = {p.suffix.lower() for p in self.paths}
+        if suffixes <= {".jsonl", ".json"}:
+            return "jsonl"
+        if suffixes <= {".parquet"}:
+            return "parquet"
+        return "text"
+
+
+class ValidationCfg(Strict):
+    tokens_per_source: int = Field(20_000, gt=0)
+
+
+Shape = Literal["linear", "cosine", "1-sqrt"]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class ConstantSchedule(Strict):
+    """Warm up (from 0, over `warmup` of the stage's tokens) to `lr`, then hold. Without `lr`
+    a later stage continues at the LR where it starts, so an infinite schedule never rewarms."""
+
+    kind: Literal["constant"]
+    warmup: Fraction = 0.0
+    lr: float | None = Field(None, gt=0)
+
+
+class CosineSchedule(Strict):
+    kind: Literal["cosine"]
+    warmup: Fraction = 0.0
+    lr: float | None = Field(None, gt=0)
+    min_lr: float | None = Field(None, ge=0)  # default 0.1 x peak (Ibrahim et al. 2024)
+
+
+class WSDSchedule(Strict):
+    """Warmup, hold, then decay over the last `decay` fraction of the stage to `min_lr`."""
+
+    kind: Literal["wsd"]
+    warmup: Fraction = 0.0
+    lr: float | None = Field(None, gt=0)
+    decay: Annotated[float, Field(gt=0, le=1)] = 0.2  # Hagele et al. 2024: ~20% is the plateau
+    shape: Shape = "1-sqrt"
+    min_lr: float = Field(0.0, ge=0)
+
+
+class CooldownSchedule(Strict):
+    """From the LR where the stage starts down to `to` over the whole stage."""
+
+    kind: Literal["cooldown"]
+    shape: Shape = "1-sqrt"
+    to: float = Field(0.0, ge=0)
+
+
+Schedule = Annotated[
+    Union[ConstantSchedule, CosineSchedule, WSDSchedule, CooldownSchedule], Field(discriminator="kind")
+]
+
+
+class BufferAddCfg(Strict):
+    source: str
+    tokens: int = Field(gt=0)
+
+
+class StageCfg(Strict):
+    name: str
+    tokens: int = Field(gt=0)
+    mix: dict[str, float]
+    schedule: Schedule = ConstantSchedule(kind="constant")
+    buffer_add: BufferAddCfg | None = None
+    # previous | base | <stage>@final | <stage>@pre-cooldown | a checkpoint folder
+    init: str = "previous"
+    # sources whose data is new in this stage (adaptation is measured on them); default: the
+    # mix's sources that no earlier stage trained on and that are not `base_sources`.
+    new: list[str] | None = None
+
+
+class EvalCfg(Strict):
+    every_tokens: int | None = Field(None, gt=0)
+
+
+class CheckpointCfg(Strict):
+    every_tokens: int | None = Field(None, gt=0)
+
+
+class Recipe(Strict):
+    seed: int = 0
+    model: ModelCfg
+    tokenizer: RelPath | None = None
+    seq_len: int = Field(gt=1)
+    micro_batch: int = Field(gt=0)
+    batch_tokens: int = Field(gt=0)
+    optimizer: OptimizerCfg = OptimizerCfg()
+    sources: dict[str, SourceCfg]
+    validation: ValidationCfg = ValidationCfg()
+    stages: list[StageCfg] = Field(min_length=1)
+    eval: EvalCfg = EvalCfg()
+    checkpoint: CheckpointCfg = CheckpointCfg()
+    base_sources: list[str] = []  # the starting model's own pretraining data (D0), if known
+    data_dir: RelPath | None = None  # shard cache shared between runs; default <out>/shards
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.tokenizer or self.model.path
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.batch_tokens // self.seq_len
+
+    @property
+    def accum_steps(self) -> int:
+        return self.batch_tokens // (self.seq_len * self.micro_batch)
+
+    def stage_steps(self, stage: StageCfg) -> int:
+        """Optimizer steps of a stage: its token budget rounded down to whole steps."""
+        return stage.tokens // self.batch_tokens
+
+    def stage_index(self, name: str) -> int:
+        return [s.name for s in self.stages].index(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and cross-field checks
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and validate a recipe file; raise `RecipeError` naming every problem found."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(path, ["file not found: pass the path of a recipe YAML file"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise RecipeError(path, [f"malformed YAML: {where}{getattr(e, 'problem', e)}"]) from None
+    if not isinstance(data, dict):
+        raise RecipeError(path, ["the recipe must be a YAML mapping of keys (seed, model, sources, stages, ...)"])
+    try:
+        recipe = Recipe.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as e:
+        raise RecipeError(path, [_describe(err) for err in e.errors()]) from None
+    recipe = _resolve_init_paths(recipe, path.resolve().parent)
+    problems = check_recipe(recipe)
+    if problems:
+        raise RecipeError(path, problems)
+    return recipe
+
+
+def _resolve_init_paths(r: Recipe, base_dir: Path) -> Recipe:
+    """`init:` may be a checkpoint folder, relative to the recipe like every other path."""
+    stages = []
+    for st in r.stages:
+        if st.init not in ("previous", "base") and "@" not in st.init and not Path(st.init).is_absolute():
+            st = st.model_copy(update={"init": str(base_dir / st.init)})
+        stages.append(st)
+    return r.model_copy(update={"stages": stages})
+
+
+def _describe(err: dict) -> str:
+    """One pydantic error as `field.path: message`, with list indices as `stages[1]`."""
+    loc = ""
+    for part in err["loc"]:
+        if isinstance(part, int):
+            loc += f"[{part}]"
+        elif part in ("constant", "cosine", "wsd", "cooldown") and loc.endswith("schedule"):
+            continue  # the discriminator tag adds nothing for the user
+        else:
+            loc += f".{part}" if loc else str(part)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check its spelling against the recipe reference in README.md)"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    return f"{loc}: {msg}"
+
+
+_STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_recipe(r: Recipe) -> list[str]:
+    """Cross-field checks that typed fields cannot express. Returns every problem found."""
+    problems: list[str] = []
+    p = problems.append
+
+    if (r.model.path is None) == (r.model.init is None):
+        p("model: give exactly one of `path` (a Hugging Face model folder) or `init` (a Llama config)")
+    elif r.model.path is not None:
+        if not r.model.path.is_dir():
+            p(f"model.path: folder not found: {r.model.path}")
+        elif not any(r.model.path.glob("*.safetensors")) and not any(r.model.path.glob("pytorch_model*.bin")):
+            p(f"model.path: no weights (*.safetensors or pytorch_model.bin) in {r.model.path}")
+    if r.tokenizer_path is None:
+        p("tokenizer: required when the model is built from `init`")
+    elif not r.tokenizer_path.is_dir():
+        p(f"tokenizer: folder not found: {r.tokenizer_path}")
+
+    unit = r.seq_len * r.micro_batch
+    if r.batch_tokens % unit:
+        p(f"batch_tokens: {r.batch_tokens} is not a multiple of seq_len x micro_batch = {unit}")
+    if r.validation.tokens_per_source < r.seq_len:
+        p(f"validation.tokens_per_source: {r.validation.tokens_per_source} is below seq_len ({r.seq_len})")
+
+    for name, src in r.sources.items():
+        where = f"sources.{name}"
+        if name == BUFFER:
+            p(f"{where}: `{BUFFER}` is reserved for the replay buffer; rename the source")
+        if bool(src.paths) == (src.prefix is not None):
+            p(f"{where}: give either `paths` (files to tokenize) or `prefix` (an existing .bin/.idx shard)")
+        for i, f in enumerate(src.paths):
+            if not f.is_file():
+                p(f"{where}.paths[{i}]: file not found: {f}")
+        if src.prefix is not None:
+            for ext in (".bin", ".idx"):
+                if not Path(str(src.prefix) + ext).is_file():
+                    p(f"{where}.prefix: file not found: {src.prefix}{ext}")
+        fmt = src.resolved_format() if src.paths else None
+        if src.separator is not None and fmt != "text":
+            p(f"{where}.separator: only the `text` format has a separator (this source is {fmt})")
+        if src.template is not None and fmt not in ("jsonl", "parquet"):
+            p(f"{where}.template: only jsonl and parquet sources have fields to template (this source is {fmt})")
+
+    for name in r.base_sources:
+        if name not in r.sources:
+            p(f"base_sources: unknown source `{name}`")
+
+    names = [s.name for s in r.stages]
+    buffer_filled = False
+    for i, st in enumerate(r.stages):
+        where = f"stages[{i}]"
+        if not _STAGE_NAME.match(st.name):
+            p(f"{where}.name: `{st.name}` must be letters, digits, `_`, `-` or `.`")
+        if names.count(st.name) > 1 and names.index(st.name) == i:
+            p(f"{where}.name: `{st.name}` is used by more than one stage")
+        if st.tokens < r.batch_tokens:
+            p(f"{where}.tokens: {st.tokens} is less than one optimizer step (batch_tokens = {r.batch_tokens})")
+        problems += _check_mix(r, st, where, buffer_filled)
+        problems += _check_schedule(r, i, where)
+        if st.buffer_add is not None and st.buffer_add.source not in r.sources:
+            p(f"{where}.buffer_add.source: unknown source `{st.buffer_add.source}`")
+        problems += _check_init(r, i, where)
+        for n in st.new or []:
+            if n not in st.mix:
+                p(f"{where}.new: `{n}` is not in this stage's mix")
+        buffer_filled = buffer_filled or st.buffer_add is not None
+
+    if r.eval.every_tokens is not None and r.eval.every_tokens < r.batch_tokens:
+        p(f"eval.every_tokens: {r.eval.every_tokens} is less than one optimizer step ({r.batch_tokens})")
+    if r.checkpoint.every_tokens is not None and r.checkpoint.every_tokens < r.batch_tokens:
+        p(f"checkpoint.every_tokens: {r.checkpoint.every_tokens} is less than one optimizer step ({r.batch_tokens})")
+    return problems
+
+
+def _check_mix(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> list[str]:
+    problems = []
+    if not st.mix:
+        return [f"{where}.mix: empty; name at least one source with weight 1"]
+    for name, w in st.mix.items():
+        if name == BUFFER:
+            if not buffer_filled:
+                problems.append(f"{where}.mix.buffer: the replay buffer is empty here; an earlier stage needs `buffer_add`")
+        elif name not in r.sources:
+            problems.append(f"{where}.mix.{name}: unknown source (known: {', '.join(r.sources)}, buffer)")
+        if not math.isfinite(w) or w < 0:
+            problems.append(f"{where}.mix.{name}: weight {w} is negative; weights are shares in [0, 1]")
+    total = sum(st.mix.values())
+    if abs(total - 1.0) > 1e-6:
+        problems.append(f"{where}.mix: weights sum to {total:g}; they must sum to 1")
+    return problems
+
+
+def _check_schedule(r: Recipe, i: int, where: str) -> list[str]:
+    s = r.stages[i].schedule
+    peak = getattr(s, "lr", None)
+    problems = []
+    if isinstance(s, CosineSchedule) and s.min_lr is not None and peak is not None and s.min_lr > peak:
+        problems.append(f"{where}.schedule.min_lr: {s.min_lr} is above the peak lr {peak}")
+    if isinstance(s, WSDSchedule) and peak is not None and s.min_lr > peak:
+        problems.append(f"{where}.schedule.min_lr: {s.min_lr} is above the peak lr {peak}")
+    if isinstance(s, WSDSchedule) and s.warmup + s.decay > 1:
+        problems.append(f"{where}.schedule: warmup {s.warmup} + decay {s.decay} exceed the stage (sum must be <= 1)")
+    return problems
+
+
+def _check_init(r: Recipe, i: int, where: str) -> list[str]:
+    init = r.stages[i].init
+    if init in ("previous", "base"):
+        return []
+    if "@" in init:
+        stage, tag = init.split("@", 1)
+        earlier = [s.name for s in r.stages[:i]]
+        if stage not in earlier:
+            return [f"{where}.init: `{init}` names no earlier stage (earlier: {', '.join(earlier) or 'none'})"]
+        if tag == "final":
+            return []
+        if tag == "pre-cooldown":
+            if isinstance(r.stages[r.stage_index(stage)].schedule, ConstantSchedule):
+                return [f"{where}.init: stage `{stage}` never decays its LR, so it has no pre-cooldown checkpoint"]
+            return []
+        return [f"{where}.init: unknown checkpoint tag `@{tag}` (use @final or @pre-cooldown)"]
+    if not (Path(init) / "meta.json").is_file():
+        return [f"{where}.init: `{init}` is not previous, base, <stage>@final, <stage>@pre-cooldown "
+                "or a checkpoint folder (one with meta.json)"]
+    return []

@@ -1,0 +1,37 @@
+"""summary.json: per-source validation loss at the base and at each stage's start and end.
+
+Built only from the evaluation records in metrics.jsonl and the recipe, so a resumed run and an
+uninterrupted one produce the same summary (timings are deliberately left out)."""
+
+from __future__ import annotations
+
+from ..recipe import BUFFER, Recipe
+from ..schedules import step_lr
+
+
+def source_roles(recipe: Recipe) -> list[tuple[list[str], list[str]]]:
+    """(new, earlier) sources of each stage: adaptation is measured on new ones, forgetting on
+    earlier ones (the base model's own data and everything trained on before the stage)."""
+    seen = set(recipe.base_sources)
+    roles = []
+    for st in recipe.stages:
+        used = [n for n, w in st.mix.items() if w > 0 and n != BUFFER]
+        earlier = [n for n in recipe.sources if n in seen]
+        new = list(st.new) if st.new is not None else [n for n in used if n not in seen]
+        roles.append((new, earlier))
+        seen.update(used)
+    return roles
+
+
+def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
+    evals = [r for r in records if r.get("kind") == "eval"]
+    base = next(r["val_loss"] for r in evals if r["tag"] == "base")
+    stages = []
+    for st, seg, (new, earlier) in zip(recipe.stages, segments, source_roles(recipe)):
+        start = next(r for r in evals if r["stage"] == st.name and r["tag"] == "start")
+        end = next(r for r in evals if r["stage"] == st.name and r["tag"] == "end")
+        stages.append({"name": st.name, "tokens_start": start["tokens"], "tokens_end": end["tokens"],
+                       "steps": recipe.stage_steps(st), "mix": st.mix, "lr_start": step_lr(seg, 0, recipe.batch_tokens),
+                       "lr_end": seg.end_lr, "new_sources": new, "earlier_sources": earlier,
+                       "val_loss_start": start["val_loss"], "val_loss_end": end["val_loss"]})
+    return {"sources": list(recipe.sources), "base_val_loss": base, "stages": stages}

@@ -1,0 +1,46 @@
+"""The training loop: for each stage, for each step, batch -> step -> hooks. Nothing else."""
+
+from __future__ import annotations
+
+import time
+
+from tqdm import tqdm
+
+from .stages import after_step, batch, end_stage, enter_stage, plan_stage, run_eval
+from .step import train_step
+
+
+def train(run) -> None:
+    r, s = run.recipe, run.state
+    if not resume(run):
+        run_eval(run, plan_stage(run, 0), "base")
+    for index in range(s.stage_index, len(r.stages)):
+        stage = plan_stage(run, index)
+        if not s.entered:
+            enter_stage(run, stage)
+        bar = tqdm(total=stage.steps, initial=s.stage_step, desc=f"stage {stage.name}", unit="step")
+        while s.stage_step < stage.steps:
+            t0 = time.perf_counter()
+            lr = stage.lr(s.stage_step, r.batch_tokens)
+            result = train_step(run.model, run.optimizer, batch(run, stage, s.stage_step), lr,
+                                r.optimizer.grad_clip, run.autocast)
+            s.stage_step, s.global_step, s.tokens = s.stage_step + 1, s.global_step + 1, s.tokens + r.batch_tokens
+            seconds = time.perf_counter() - t0
+            after_step(run, stage, result, lr, seconds)
+            bar.update()
+            bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{r.batch_tokens / seconds:,.0f}")
+        bar.close()
+        end_stage(run, stage)
+
+
+def resume(run) -> bool:
+    """Continue from the newest checkpoint in the run folder, if any; True when resumed."""
+    path = run.checkpoints.latest()
+    if path is None:
+        run.metrics.truncate(0)  # no checkpoint: any log is from a run that died before its first
+        return False
+    meta = run.checkpoints.load(path, run.model, run.optimizer)
+    run.state.load_state_dict(meta["train_state"])
+    run.metrics.truncate(run.state.metrics_bytes)
+    tqdm.write(f"resuming from {path} (stage {meta['stage']}, step {meta['global_step']}, {meta['tokens']:,} tokens)")
+    return True

@@ -1,0 +1,116 @@
+"""What happens at a stage's edges: entering (init, mixture, start eval) and ending (eval,
+buffer_add, final checkpoint); plus the per-step hooks (log, periodic eval and checkpoints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.mixture import StageMixture
+from ..eval.validation import evaluate
+from ..model.load import build_model
+from ..recipe import StageCfg
+from ..schedules import Segment, step_lr
+from .step import StepResult, build_optimizer
+
+
+@dataclass
+class Stage:
+    index: int
+    cfg: StageCfg
+    segment: Segment
+    steps: int
+    mixture: StageMixture
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def lr(self, step: int, step_tokens: int) -> float:
+        return step_lr(self.segment, step, step_tokens)
+
+
+def plan_stage(run, index: int) -> Stage:
+    """The stage's schedule segment and its exact sample plan, from the cursors at its start."""
+    r, st = run.recipe, run.recipe.stages[index]
+    names = [run.data.stream_name(n, run.state.buffer_version) for n in st.mix]
+    mixture = StageMixture(names, list(st.mix.values()), r.stage_steps(st), r.samples_per_step, run.state.cursors)
+    return Stage(index, st, run.segments[index], r.stage_steps(st), mixture)
+
+
+def batch(run, stage: Stage, step: int) -> torch.Tensor:
+    """Token ids of step `step` as (accum, micro_batch, seq_len)."""
+    r = run.recipe
+    rows = [run.data.stream(name).sample(s) for name, s in stage.mixture.step(step)]
+    tokens = torch.from_numpy(np.stack(rows).astype(np.int64))
+    return tokens.view(r.accum_steps, r.micro_batch, r.seq_len).to(run.device, non_blocking=True)
+
+
+def run_eval(run, stage: Stage, tag: str) -> dict[str, float]:
+    losses = evaluate(run.model, run.validation, run.recipe.micro_batch, run.device, run.autocast)
+    run.metrics.write({"kind": "eval", "stage": stage.name, "tag": tag, "step": run.state.global_step,
+                       "tokens": run.state.tokens, "val_loss": losses})
+    return losses
+
+
+def save_checkpoint(run, stage: Stage, name: str, lr: float, stage_tokens: int) -> None:
+    """Counters, LR and schedule phase go beside the tensors; the metrics length makes resume exact."""
+    s = run.state
+    s.metrics_bytes = run.metrics.size()
+    s.checkpoints_saved += 1
+    t = stage_tokens
+    meta = {"seq": s.checkpoints_saved, "stage": stage.name, "stage_tokens": t, "tokens": s.tokens,
+            "global_step": s.global_step, "lr": lr, "phase": stage.segment.phase(t),
+            "recipe_hash": run.recipe_hash, "train_state": s.state_dict()}
+    run.checkpoints.save(name, run.model, run.optimizer, meta)
+
+
+def enter_stage(run, stage: Stage) -> None:
+    """Load the stage's starting weights (`init:`), then measure where it starts."""
+    init = stage.cfg.init
+    if init == "base":  # "start from these weights": the base model, a fresh optimizer
+        run.model.load_state_dict(build_model(run.recipe, run.tokenizer).state_dict())
+        run.optimizer = build_optimizer(run.model, run.recipe.optimizer)
+    elif init != "previous":
+        path = run.checkpoints.path(init) if "@" in init else init
+        run.checkpoints.load(path, run.model, run.optimizer, rng=False)
+    run.state.entered = True
+    run_eval(run, stage, "start")
+    if stage.segment.decay_start == 0:  # a stage that decays from its first step
+        save_checkpoint(run, stage, f"{stage.name}@pre-cooldown", stage.segment.start_lr, 0)
+
+
+def after_step(run, stage: Stage, result: StepResult, lr: float, seconds: float) -> None:
+    r, s = run.recipe, run.state
+    run.metrics.write({"kind": "train", "stage": stage.name, "step": s.global_step, "tokens": s.tokens,
+                       "lr": lr, "loss": result.loss, "grad_norm": result.grad_norm,
+                       "tokens_per_s": r.batch_tokens / max(seconds, 1e-9)})
+    last = s.stage_step == stage.steps
+    if r.eval.every_tokens and _crossed(s.tokens, r.batch_tokens, r.eval.every_tokens) and not last:
+        run_eval(run, stage, "periodic")
+    t = s.stage_step * r.batch_tokens
+    if t == stage.segment.decay_start:
+        save_checkpoint(run, stage, f"{stage.name}@pre-cooldown", lr, t)
+    elif r.checkpoint.every_tokens and _crossed(s.tokens, r.batch_tokens, r.checkpoint.every_tokens) and not last:
+        save_checkpoint(run, stage, f"step-{s.global_step:07d}", lr, t)
+
+
+def end_stage(run, stage: Stage) -> None:
+    """End-of-stage eval, then the buffer addition (data joins B only now), then `@final`."""
+    run_eval(run, stage, "end")
+    s = run.state
+    s.cursors = stage.mixture.cursors_after()
+    add = stage.cfg.buffer_add
+    if add is not None:
+        src = run.data.sources[add.source]
+        s.buffer_version = run.data.buffer.add(s.buffer_version, stage.name, add.source, src.stream.shard,
+                                               src.train_ids, add.tokens, run.recipe.seed)
+    s.stage_index, s.stage_step, s.entered = stage.index + 1, 0, False
+    save_checkpoint(run, stage, f"{stage.name}@final", stage.segment.end_lr, stage.segment.total)
+
+
+def _crossed(tokens: int, step_tokens: int, every: int) -> bool:
+    """Did the last step carry the cumulative token count across a multiple of `every`?"""
+    return tokens // every > (tokens - step_tokens) // every

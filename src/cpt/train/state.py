@@ -1,0 +1,30 @@
+"""The run's counters: everything besides tensors that a resume needs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+STATE_VERSION = 1
+
+
+@dataclass
+class TrainState:
+    stage_index: int = 0  # the stage being (or about to be) trained
+    entered: bool = False  # has the current stage's entry (init load, start eval) happened?
+    stage_step: int = 0  # optimizer steps done in the current stage
+    global_step: int = 0
+    tokens: int = 0  # cumulative training tokens over the whole run
+    cursors: dict[str, int] = field(default_factory=dict)  # samples consumed per stream, at stage start
+    buffer_version: int = 0
+    metrics_bytes: int = 0  # length of metrics.jsonl when this state was taken
+    checkpoints_saved: int = 0
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, **asdict(self)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"train state version {state.get('version')} is not {STATE_VERSION}")
+        for key, value in state.items():
+            if key != "version":
+                setattr(self, key, value)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,9 +93,3 @@ def _init_lrs(recipe: Recipe) -> dict[int, float]:
         if st.init not in ("previous", "base") and "@" not in st.init:
             lrs[i] = CheckpointManager.read_meta(Path(st.init)).get("lr", recipe.optimizer.lr)
     return lrs
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ..errors import CptError
@@ -77,8 +78,9 @@ class CheckpointManager:
         try:
             with _quiet():
                 dcp.load(state, checkpoint_id=str(Path(path) / "state"))
-        except Exception as e:
-            raise CptError(f"{path}: cannot load checkpoint into this model ({type(e).__name__}: {e})") from None
+        except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise CptError(f"{path}: cannot load checkpoint into this model ({last})") from None
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         if rng:
             torch.set_rng_state(state["rng"])

@@ -8,12 +8,12 @@ records the version it saw; resuming uses that version and an add is rewritten i
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CptError
+from ..fileio import write_json_atomic
 from .rng import generator
 from .shards import Shard, ShardWriter
 
@@ -60,7 +60,5 @@ class ReplayBuffer:
         manifest["additions"].append({"version": new, "stage": stage, "source": source, "tokens": taken,
                                       "documents": [int(i) for i in chosen], "shard": shard.prefix})
         manifest["version"] = new
-        tmp = self.root / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, self.root / "manifest.json")
+        write_json_atomic(self.root / "manifest.json", manifest)
         return new

@@ -8,8 +8,6 @@ samples give or take one — the guarantee of Megatron's largest-deficit blendin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 
@@ -26,19 +24,6 @@ def interleave(weights: np.ndarray, n: int) -> np.ndarray:
     keys, ids = np.concatenate(keys), np.concatenate(ids)
     order = np.lexsort((ids, keys))[:n]  # ties go to the lower source index
     return ids[order]
-
-
-@dataclass
-class Cursors:
-    """Samples consumed so far from each stream (a source, or one version of the buffer)."""
-
-    consumed: dict[str, int] = field(default_factory=dict)
-
-    def state_dict(self) -> dict:
-        return {"version": 1, "consumed": dict(self.consumed)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.consumed = dict(state["consumed"])
 
 
 class StageMixture:

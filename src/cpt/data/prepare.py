@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import CptError
+from ..fileio import write_json_atomic
 from ..eval.validation import validation_windows
 from ..recipe import BUFFER, Recipe
 from .buffer import ReplayBuffer
@@ -48,7 +49,7 @@ class RunData:
                 raise CptError(f"sources.{name}: its files or tokenizer changed since this run carved its "
                                f"validation slice ({recorded[name]} -> {tok.key}); start a new --out")
             self.sources[name] = self._split(name, tok)
-        _write_atomic(keys_path, json.dumps({n: s.tokenized.key for n, s in self.sources.items()}, indent=1))
+        write_json_atomic(keys_path, {n: s.tokenized.key for n, s in self.sources.items()})
         self.buffer = ReplayBuffer(out / "buffer")
         self._buffer_streams: dict[int, PackedStream] = {}
 
@@ -83,9 +84,3 @@ class RunData:
             self._buffer_streams[version] = PackedStream(name, shard, np.arange(len(shard)),
                                                          self.recipe.seq_len, self.recipe.seed)
         return self._buffer_streams[version]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

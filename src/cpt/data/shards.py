@@ -98,6 +98,9 @@ class Shard:
             raise CptError(f"{idx_path}: unsupported index version {version} or dtype code {code}")
         self.dtype = _DTYPES[code]
         offset = len(header)
+        need = offset + 4 * n + 8 * n + 8 * n_docs
+        if os.path.getsize(idx_path) < need:
+            raise CptError(f"{idx_path}: truncated (its header needs {need} bytes); re-tokenize the source")
         idx = np.memmap(idx_path, mode="r", dtype=np.uint8)
         self.lengths = np.frombuffer(idx, dtype=np.int32, count=n, offset=offset)
         offset += 4 * n

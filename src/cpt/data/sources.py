@@ -76,6 +76,8 @@ def _jsonl_docs(path: Path, render) -> Iterator[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise CptError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise CptError(f"{path}:{n}: expected a JSON object (one record per line), got {type(record).__name__}")
             text = render(record, f"{path}:{n}")
             if text.strip():
                 yield text

@@ -20,6 +20,8 @@ import sysconfig
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from ..fileio import write_text_atomic
+
 SEPARATOR = "<|endoftext|>"
 
 # name -> recipe source spec: file names are relative to the directory `write_corpora` wrote to.
@@ -62,7 +64,7 @@ def write_corpora(out_dir: Path, seed: int = 0, chars_per_corpus: int = 1_200_00
         # One generator per corpus so that changing one corpus' code leaves the others' bytes alone.
         rng = random.Random(f"{seed}:{index}:{name}")
         path = out_dir / CORPORA[name]["paths"][0]
-        _write_atomic(path, build(rng, chars_per_corpus))
+        write_text_atomic(path, build(rng, chars_per_corpus))
         paths[name] = path
     return paths
 
@@ -122,14 +124,6 @@ def train_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 2048)
 # --------------------------------------------------------------------------------------------------
 # shared helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Writes `text` to `path` via a temporary file in the same directory and os.replace."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _render_json(line: str, template: str | None) -> str:

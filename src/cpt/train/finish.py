@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from ..build import write_json_atomic
+from ..fileio import write_json_atomic
 from ..report import write_report
 from ..report.summary import build_summary
 

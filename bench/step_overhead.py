@@ -80,9 +80,12 @@ def main() -> None:
         tokens = torch.randint(0, len(run.tokenizer), (args.accum, args.micro_batch, args.seq_len))
         cpt_steps(run, stage, 0, 2), plain_steps(baseline, opt, tokens, 2)  # warm-up
         ours, theirs = [], []
-        for r in range(args.rounds):
+        for r in range(args.rounds):  # alternate which goes first, so neither always runs warm
+            if r % 2:
+                theirs.append(plain_steps(baseline, opt, tokens, args.steps))
             ours.append(cpt_steps(run, stage, 2 + r * args.steps, args.steps))
-            theirs.append(plain_steps(baseline, opt, tokens, args.steps))
+            if not r % 2:
+                theirs.append(plain_steps(baseline, opt, tokens, args.steps))
     o, t = statistics.median(ours), statistics.median(theirs)
     tok = args.seq_len * args.micro_batch * args.accum
     print(f"threads={torch.get_num_threads()} batch={args.accum}x{args.micro_batch}x{args.seq_len} "

@@ -90,8 +90,10 @@ def _parquet_docs(path: Path, src: SourceCfg, render) -> Iterator[str]:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a bad file
         raise CptError(f"{path}: cannot read as Parquet ({e})") from None
+    row = 0
     for batch in pf.iter_batches(batch_size=1024):
-        for i, record in enumerate(batch.to_pylist()):
-            text = render(record, f"{path}")
+        for record in batch.to_pylist():
+            row += 1
+            text = render(record, f"{path} row {row}")
             if text.strip():
                 yield text

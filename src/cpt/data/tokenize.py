@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import CptError
+from ..fileio import write_json_atomic
 from ..recipe import SourceCfg
 from .shards import Shard, ShardWriter, token_dtype
 from .rng import generator
@@ -70,7 +70,8 @@ def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path) -> Toke
     meta_path = Path(f"{prefix}.json")
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("complete") and meta.get("tokenizer", {}).get("fingerprint") == fp:
+        files_there = all(Path(f"{prefix}{ext}").is_file() for ext in (".bin", ".idx"))
+        if meta.get("complete") and meta.get("tokenizer", {}).get("fingerprint") == fp and files_there:
             return TokenizedSource(name, str(prefix), key, meta)
     data_dir.mkdir(parents=True, exist_ok=True)
     meta = _tokenize(name, src, tokenizer, prefix)
@@ -78,7 +79,7 @@ def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path) -> Toke
                 inputs=inputs, options=options,
                 tokenizer={"fingerprint": fp, "vocab_size": len(tokenizer), "eos_id": tokenizer.eos_token_id,
                            "name_or_path": str(getattr(tokenizer, "name_or_path", ""))})
-    _write_json_atomic(meta_path, meta)
+    write_json_atomic(meta_path, meta)
     return TokenizedSource(name, str(prefix), key, meta)
 
 
@@ -137,12 +138,6 @@ def _existing_shard(name: str, prefix: Path, fingerprint: str) -> TokenizedSourc
                        f"(fingerprint {theirs}, recipe's is {fingerprint}); re-tokenize it or use `paths:`")
     Shard(prefix)  # validates the files
     return TokenizedSource(name, str(prefix), meta.get("key", fingerprint), meta)
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def carve_validation(shard: Shard, tokens: int, seed: int, name: str) -> np.ndarray:

@@ -276,3 +276,14 @@ def test_carve_refuses_a_source_too_small(varied_shard):
         carve_validation(varied_shard, total // 2 + 100, seed=0, name="wiki")
     with pytest.raises(CptError, match="too few"):
         carve_validation(varied_shard, total + 1, seed=0, name="wiki")
+
+
+def test_resumed_run_refuses_a_changed_source_before_any_work(tmp_path, tokenizer):
+    src = SourceCfg(paths=[corpus(tmp_path)], format="lines")
+    first = prepare_source("s", src, tokenizer, tmp_path / "shards")
+    assert prepare_source("s", src, tokenizer, tmp_path / "shards", expect_key=first.key).key == first.key
+    src.paths[0].write_text("a changed corpus\n")
+    before = sorted(p.name for p in (tmp_path / "shards").iterdir())
+    with pytest.raises(CptError, match=f"changed since this run.*{first.key}"):
+        prepare_source("s", src, tokenizer, tmp_path / "shards", expect_key=first.key)
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == before  # nothing written

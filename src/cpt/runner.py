@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .build import build_run
+from .plan import describe_plan
 from .recipe import load_recipe
 
 
@@ -15,6 +16,7 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False) -> Path:
     from .train.loop import train
 
     run = build_run(recipe, Path(recipe_path).read_text(), Path(out), resume)
+    print(describe_plan(recipe, run.segments), flush=True)
     train(run)
     finish(run)
     report = Path(out) / "report.md"

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CptError
 from ..fileio import write_json_atomic
 from ..eval.validation import validation_windows
 from ..recipe import BUFFER, Recipe
@@ -44,10 +43,7 @@ class RunData:
         recorded = json.loads(keys_path.read_text()) if keys_path.is_file() else {}
         self.sources: dict[str, SourceData] = {}
         for name, cfg in recipe.sources.items():
-            tok = prepare_source(name, cfg, tokenizer, shard_dir)
-            if name in recorded and recorded[name] != tok.key:
-                raise CptError(f"sources.{name}: its files or tokenizer changed since this run carved its "
-                               f"validation slice ({recorded[name]} -> {tok.key}); start a new --out")
+            tok = prepare_source(name, cfg, tokenizer, shard_dir, expect_key=recorded.get(name))
             self.sources[name] = self._split(name, tok)
         write_json_atomic(keys_path, {n: s.tokenized.key for n, s in self.sources.items()})
         self.buffer = ReplayBuffer(out / "buffer")

@@ -56,16 +56,21 @@ class TokenizedSource:
         return Shard(self.prefix)
 
 
-def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path) -> TokenizedSource:
-    """The shard of a source: an existing `prefix:` (checked), the cached one, or a new one."""
+def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path,
+                   expect_key: str | None = None) -> TokenizedSource:
+    """The shard of a source: an existing `prefix:` (checked), the cached one, or a new one.
+    With `expect_key` (a resumed run), a source whose content changed is refused before any work."""
     fp = tokenizer_fingerprint(tokenizer)
     if src.prefix is not None:
-        return _existing_shard(name, src.prefix, fp)
+        shard = _existing_shard(name, src.prefix, fp)
+        _check_key(name, shard.key, expect_key)
+        return shard
     inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _file_sha256(p)} for p in src.paths]
     options = src.model_dump(mode="json", exclude={"paths", "prefix"})
     options["format"] = src.resolved_format()
     key = hashlib.sha256(json.dumps([fp, [i["sha256"] for i in inputs], options], sort_keys=True).encode())
     key = key.hexdigest()[:12]
+    _check_key(name, key, expect_key)
     prefix = data_dir / f"{name}.{key}"
     meta_path = Path(f"{prefix}.json")
     if meta_path.is_file():
@@ -81,6 +86,12 @@ def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path) -> Toke
                            "name_or_path": str(getattr(tokenizer, "name_or_path", ""))})
     write_json_atomic(meta_path, meta)
     return TokenizedSource(name, str(prefix), key, meta)
+
+
+def _check_key(name: str, key: str, expect_key: str | None) -> None:
+    if expect_key is not None and key != expect_key:
+        raise CptError(f"sources.{name}: its files or tokenizer changed since this run carved its validation "
+                       f"slice (shard key {expect_key} -> {key}); restore them, or start a new --out")
 
 
 def _tokenize(name: str, src: SourceCfg, tokenizer, prefix: Path) -> dict:

@@ -8,8 +8,19 @@ from ..errors import CptError
 from ..recipe import Recipe
 
 
+def quiet_transformers() -> None:
+    """cpt draws its own progress; transformers' per-load bars and length warnings are noise here
+    (documents are tokenized whole and packed, never fed to the model whole)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def load_tokenizer(recipe: Recipe):
     from transformers import AutoTokenizer
+
+    quiet_transformers()
 
     try:
         return AutoTokenizer.from_pretrained(str(recipe.tokenizer_path))

@@ -10,6 +10,7 @@ stage 2 starts from that checkpoint (not the cooled-down one) and continues at t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -22,8 +23,9 @@ MODEL = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "
          "num_key_value_heads": 4, "tie_word_embeddings": True}
 
 
-def demo_recipe() -> dict:
-    """The demo's recipe; paths are relative to the demo folder, where it is written."""
+def demo_recipe(scale: float = 1.0) -> dict:
+    """The demo's recipe; paths are relative to the demo folder, where it is written. `scale`
+    multiplies every token budget (tests run the same plan in miniature)."""
     sources = {name: {**spec, "paths": [f"corpora/{p}" for p in spec["paths"]]} for name, spec in CORPORA.items()}
     return {
         "seed": 0,
@@ -36,29 +38,31 @@ def demo_recipe() -> dict:
         "sources": sources,
         "validation": {"tokens_per_source": 8192},
         "stages": [
-            {"name": "pretrain", "tokens": 700_000, "mix": {"english": 1.0},
+            {"name": "pretrain", "tokens": int(700_000 * scale), "mix": {"english": 1.0},
              "schedule": {"kind": "wsd", "warmup": 0.05, "decay": 0.2, "shape": "1-sqrt"}},
-            {"name": "code", "tokens": 200_000, "init": "pretrain@pre-cooldown",
+            {"name": "code", "tokens": int(200_000 * scale), "init": "pretrain@pre-cooldown",
              "mix": {"english": 0.05, "code": 0.95}, "schedule": {"kind": "constant"},
-             "buffer_add": {"source": "code", "tokens": 60_000}},
-            {"name": "arithmetic", "tokens": 200_000, "mix": {"english": 0.33, "arithmetic": 0.33, "buffer": 0.34},
-             "schedule": {"kind": "constant"}, "buffer_add": {"source": "arithmetic", "tokens": 60_000}},
-            {"name": "traces", "tokens": 200_000, "mix": {"english": 0.33, "traces": 0.33, "buffer": 0.34},
+             "buffer_add": {"source": "code", "tokens": int(60_000 * scale)}},
+            {"name": "arithmetic", "tokens": int(200_000 * scale), "mix": {"english": 0.33, "arithmetic": 0.33, "buffer": 0.34},
+             "schedule": {"kind": "constant"}, "buffer_add": {"source": "arithmetic", "tokens": int(60_000 * scale)}},
+            {"name": "traces", "tokens": int(200_000 * scale), "mix": {"english": 0.33, "traces": 0.33, "buffer": 0.34},
              "schedule": {"kind": "cooldown", "shape": "1-sqrt", "to": 0.0}},
         ],
         "eval": {"every_tokens": 100_000},
     }
 
 
-def run_demo(out: Path) -> Path:
+def run_demo(out: Path, scale: float = 1.0) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise CptError(f"--out {out}: not empty; the demo writes a fresh run (remove it or pick another folder)")
+    # matplotlib writes a font cache under ~/.cache on first use; the demo writes only under `out`
+    os.environ.setdefault("MPLCONFIGDIR", str(out.resolve() / ".cache" / "matplotlib"))
     print(f"cpt demo: building corpora and a tokenizer in {out}")
-    write_corpora(out / "corpora", seed=0)
+    write_corpora(out / "corpora", seed=0, chars_per_corpus=int(1_200_000 * min(1.0, 4 * scale)))
     train_tokenizer(iter_texts(out / "corpora"), out / "tokenizer", vocab_size=2048)
     recipe_path = out / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump(demo_recipe(), sort_keys=False))
+    recipe_path.write_text(yaml.safe_dump(demo_recipe(scale), sort_keys=False))
     report = run_recipe(recipe_path, out / "run")
     print(f"cpt demo: the report (forgetting and adaptation per stage) is at {report}")
     return report

@@ -202,6 +202,13 @@ BAD = {
                            ["batch_tokens: 300 is not a multiple of seq_len x micro_batch = 128"]),
     "buffer_add_unknown_source": (lambda d: d["stages"][0]["buffer_add"].update(source="zz"),
                                   ["stages[0].buffer_add.source: unknown source `zz`"]),
+    "buffer_add_below_one_sample": (lambda d: d["stages"][0]["buffer_add"].update(tokens=30),
+                                    ["stages[0].buffer_add.tokens: 30 is less than one sample"]),
+    "bad_template": (lambda d: d["sources"]["b"].update(template="{question"), ["sources.b.template: not a valid"]),
+    "beta_above_1": (lambda d: d["optimizer"].update(betas=[0.9, 1.5]), ["optimizer.betas[1]: Input should be less than 1"]),
+    "negative_seed": (lambda d: d.update(seed=-1), ["seed:"]),
+    "source_name_with_slash": (lambda d: d["sources"].update({"w/i": {"paths": ["a.txt"]}}),
+                               ["sources.w/i: a source name must be"]),
 }
 
 
@@ -230,6 +237,13 @@ def test_malformed_yaml_names_the_line(tmp_path):
     path.write_text("seed: 0\nseq_len: 256\nmicro_batch: 8\n  batch_tokens: 16384\n")
     e = error_of(path)
     assert "malformed YAML" in str(e) and "line 4" in str(e)
+
+
+def test_duplicate_key_names_the_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("seed: 0\nseq_len: 64\nseed: 1\n")
+    e = error_of(path)
+    assert "duplicate key `seed`" in str(e) and "line 3" in str(e)
 
 
 def test_recipe_that_is_not_utf8(tmp_path):

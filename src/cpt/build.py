@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from .checkpoint.manager import CheckpointManager
 from .data.prepare import RunData
 from .errors import CptError
+from .fileio import write_text_atomic
 from .model.load import build_model, load_tokenizer
 from .recipe import Recipe
 from .schedules import Segment, plan_segments
@@ -50,11 +52,9 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool) -> Run:
     out = Path(out)
     recipe_hash = hashlib.sha256(recipe_text.encode()).hexdigest()[:16]
     checkpoints = CheckpointManager(out / "checkpoints")
-    _check_out_dir(out, resume, recipe_hash, checkpoints)
     init_lrs = _init_lrs(recipe)
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "recipe.yaml").is_file():
-        (out / "recipe.yaml").write_text(recipe_text)
+    _prepare_out_dir(out, resume, recipe_hash, checkpoints)
+    write_text_atomic(out / "recipe.yaml", recipe_text)
 
     device = pick_device(recipe.device)
     tokenizer = load_tokenizer(recipe)
@@ -70,26 +70,39 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool) -> Run:
     )
 
 
-def _check_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: CheckpointManager) -> None:
-    """Never write over another run: a fresh run needs an empty folder; a resume needs the same recipe."""
-    if not out.exists():
+# what a run writes before its first checkpoint; safe to clear when no checkpoint exists
+_RESTARTABLE = ("recipe.yaml", "metrics.jsonl", "data", "buffer", "plots", "summary.json", "report.md")
+
+
+def _prepare_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: CheckpointManager) -> None:
+    """Never write over another run. With a checkpoint, only --resume with the same recipe goes on;
+    a cpt folder without one (a run that failed or was killed early) starts over; anything else
+    must be a new or empty folder."""
+    if out.exists() and not out.is_dir():
+        raise CptError(f"--out {out}: is a file; give a folder")
+    if not out.exists() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
         return
-    saved = out / "recipe.yaml"
-    if not resume:
-        if any(out.iterdir()):
+    latest = checkpoints.latest() if checkpoints.root.is_dir() else None
+    if latest is not None:
+        if not resume:
             raise CptError(f"--out {out}: already holds a run; pass --resume to continue it, or choose a new folder")
-        return
-    if saved.is_file():
-        theirs = hashlib.sha256(saved.read_text().encode()).hexdigest()[:16]
+        theirs = CheckpointManager.read_meta(latest).get("recipe_hash")
         if theirs != recipe_hash:
-            raise CptError(f"--resume: the recipe differs from the one this run started with ({saved}); "
+            raise CptError(f"--resume: the recipe differs from the one this run started with ({out / 'recipe.yaml'}); "
                            "resume with that recipe, or start a new --out")
+        return
+    if not (out / "recipe.yaml").is_file():
+        raise CptError(f"--out {out}: holds files that are not a cpt run; choose a new or empty folder")
+    for name in _RESTARTABLE:  # no checkpoint: nothing trained yet is kept; shards are a cache
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _init_lrs(recipe: Recipe) -> dict[int, float]:
     """The LR stored with every checkpoint folder named by an `init:`: its stage continues from it."""
     lrs = {}
     for i, st in enumerate(recipe.stages):
-        if st.init not in ("previous", "base") and "@" not in st.init:
-            lrs[i] = CheckpointManager.read_meta(Path(st.init)).get("lr", recipe.optimizer.lr)
+        if st.init_path is not None:
+            lrs[i] = CheckpointManager.read_meta(st.init_path).get("lr", recipe.optimizer.lr)
     return lrs

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args.out)
     except CptError as e:
-        print(f"cpt: error: {e}", file=sys.stderr)
+        print("cpt: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
         print("cpt: interrupted; continue with --resume", file=sys.stderr)

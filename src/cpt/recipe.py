@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -44,7 +45,7 @@ class ModelCfg(Strict):
 class OptimizerCfg(Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     grad_clip: float | None = Field(1.0, gt=0)
 
@@ -132,8 +133,24 @@ class StageCfg(Strict):
     # previous | base | <stage>@final | <stage>@pre-cooldown | a checkpoint folder
     init: str = "previous"
     # sources whose data is new in this stage (adaptation is measured on them); default: the
-    # mix's sources that no earlier stage trained on and that are not `base_sources`.
+    # `buffer_add` source, else the mix's sources that no earlier stage trained on.
     new: list[str] | None = None
+
+    @property
+    def init_ref(self) -> tuple[str, str] | None:
+        """(stage, tag) when `init` names a checkpoint of this run (`a@final`); a folder path
+        (which may contain `@` too, like `checkpoints/a@final`) always contains a `/`."""
+        if "@" in self.init and "/" not in self.init and "\\" not in self.init:
+            stage, tag = self.init.split("@", 1)
+            return stage, tag
+        return None
+
+    @property
+    def init_path(self) -> Path | None:
+        """The checkpoint folder `init` names, when it names one by path."""
+        if self.init in ("previous", "base") or self.init_ref is not None:
+            return None
+        return Path(self.init)
 
 
 class EvalCfg(Strict):
@@ -145,7 +162,7 @@ class CheckpointCfg(Strict):
 
 
 class Recipe(Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     model: ModelCfg
     tokenizer: RelPath | None = None
     seq_len: int = Field(gt=1)
@@ -195,7 +212,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except UnicodeDecodeError as e:
         raise RecipeError(path, [f"not UTF-8 text (byte {e.start}); save the recipe as UTF-8"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -213,12 +230,25 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A repeated key is an error, not a silent last-one-wins."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key `{key}`", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _resolve_init_paths(r: Recipe, base_dir: Path) -> Recipe:
     """`init:` may be a checkpoint folder, relative to the recipe like every other path."""
     stages = []
     for st in r.stages:
-        if st.init not in ("previous", "base") and "@" not in st.init and not Path(st.init).is_absolute():
-            st = st.model_copy(update={"init": str(base_dir / st.init)})
+        if st.init_path is not None and not st.init_path.is_absolute():
+            st = st.model_copy(update={"init": str(base_dir / st.init_path)})
         stages.append(st)
     return r.model_copy(update={"stages": stages})
 
@@ -241,7 +271,7 @@ def _describe(err: dict) -> str:
     return f"{loc}: {msg}"
 
 
-_STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def check_recipe(r: Recipe) -> list[str]:
@@ -271,6 +301,13 @@ def check_recipe(r: Recipe) -> list[str]:
         where = f"sources.{name}"
         if name == BUFFER:
             p(f"{where}: `{BUFFER}` is reserved for the replay buffer; rename the source")
+        elif not _NAME.match(name):
+            p(f"{where}: a source name must be letters, digits, `_`, `-` or `.` (it names files)")
+        if src.template is not None:
+            try:
+                list(string.Formatter().parse(src.template))
+            except ValueError as e:
+                p(f"{where}.template: not a valid template ({e}); fields look like {{question}}")
         if bool(src.paths) == (src.prefix is not None):
             p(f"{where}: give either `paths` (files to tokenize) or `prefix` (an existing .bin/.idx shard)")
         for i, f in enumerate(src.paths):
@@ -294,7 +331,7 @@ def check_recipe(r: Recipe) -> list[str]:
     buffer_filled = False
     for i, st in enumerate(r.stages):
         where = f"stages[{i}]"
-        if not _STAGE_NAME.match(st.name):
+        if not _NAME.match(st.name):
             p(f"{where}.name: `{st.name}` must be letters, digits, `_`, `-` or `.`")
         if names.count(st.name) > 1 and names.index(st.name) == i:
             p(f"{where}.name: `{st.name}` is used by more than one stage")
@@ -304,6 +341,8 @@ def check_recipe(r: Recipe) -> list[str]:
         problems += _check_schedule(r, i, where)
         if st.buffer_add is not None and st.buffer_add.source not in r.sources:
             p(f"{where}.buffer_add.source: unknown source `{st.buffer_add.source}`")
+        if st.buffer_add is not None and st.buffer_add.tokens < r.seq_len:
+            p(f"{where}.buffer_add.tokens: {st.buffer_add.tokens} is less than one sample (seq_len = {r.seq_len})")
         problems += _check_init(r, i, where)
         for n in st.new or []:
             if n not in st.mix:
@@ -349,11 +388,11 @@ def _check_schedule(r: Recipe, i: int, where: str) -> list[str]:
 
 
 def _check_init(r: Recipe, i: int, where: str) -> list[str]:
-    init = r.stages[i].init
+    init, ref = r.stages[i].init, r.stages[i].init_ref
     if init in ("previous", "base"):
         return []
-    if "@" in init:
-        stage, tag = init.split("@", 1)
+    if ref is not None:
+        stage, tag = ref
         earlier = [s.name for s in r.stages[:i]]
         if stage not in earlier:
             return [f"{where}.init: `{init}` names no earlier stage (earlier: {', '.join(earlier) or 'none'})"]

@@ -95,8 +95,8 @@ def plan_segments(recipe: Recipe, init_lrs: dict[int, float] | None = None) -> l
             start = segments[-1].end_lr if segments else recipe.optimizer.lr
         elif st.init == "base":
             start = recipe.optimizer.lr
-        elif "@" in st.init:
-            name, tag = st.init.split("@", 1)
+        elif st.init_ref is not None:
+            name, tag = st.init_ref
             src = segments[recipe.stage_index(name)]
             start = src.end_lr if tag == "final" else src.lr(src.decay_start)
         else:

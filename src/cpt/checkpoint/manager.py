@@ -9,7 +9,6 @@ never leaves a folder that looks complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ..errors import CptError
+from ..fileio import fsync_dir, replace_dir, write_json_atomic
 
 META = "meta.json"
 
@@ -45,19 +45,20 @@ class CheckpointManager:
         tmp = self.root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        # get_state_dict materialises a fresh optimizer's state with a zero-LR step, which would
+        # make the next real AdamW step use step-2 bias correction; undo it after saving.
+        fresh = not optimizer.state
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        with _quiet():
-            dcp.save({"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state()},
-                     checkpoint_id=str(tmp / "state"))
-        (tmp / META).write_text(json.dumps({"name": name, **meta}, indent=2))
-        if final.exists():  # a stage end redone after a resume: replace the old copy whole
-            old = self.root / f".old-{name}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        try:
+            with _quiet():
+                dcp.save({"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state()},
+                         checkpoint_id=str(tmp / "state"))
+        finally:
+            if fresh:
+                optimizer.state.clear()
+        write_json_atomic(tmp / META, {"name": name, "optim_fresh": fresh, **meta})
+        fsync_dir(tmp / "state")
+        replace_dir(tmp, final)  # a stage end redone after a resume replaces the old copy whole
         return final
 
     @staticmethod
@@ -82,6 +83,8 @@ class CheckpointManager:
             last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise CptError(f"{path}: cannot load checkpoint into this model ({last})") from None
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        if meta.get("optim_fresh"):  # saved before the optimizer's first step: keep it fresh
+            optimizer.state.clear()
         if rng:
             torch.set_rng_state(state["rng"])
         return meta
@@ -92,7 +95,10 @@ class CheckpointManager:
         for d in self.root.glob("*"):
             if d.name.startswith(".") or not (d / META).is_file():
                 continue
-            seq = self.read_meta(d).get("seq", -1)
+            try:
+                seq = self.read_meta(d).get("seq", -1)
+            except CptError:  # unreadable metadata: not a checkpoint to resume from
+                continue
             if seq > best_seq:
                 best, best_seq = d, seq
         return best

@@ -52,7 +52,10 @@ class ReplayBuffer:
                     w.add(old[i])
             taken = 0
             for i in chosen:
-                doc = shard[int(i)][: tokens - taken]  # the last document is cut to the exact budget
+                doc = shard[int(i)]
+                room = tokens - taken
+                if len(doc) > room:  # the last document is cut to the exact budget, keeping its EOS
+                    doc = np.concatenate([doc[: room - 1], doc[-1:]])
                 w.add(doc)
                 taken += len(doc)
         manifest = self._manifest()

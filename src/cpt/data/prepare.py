@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..fileio import write_json_atomic
+from ..errors import CptError
 from ..eval.validation import validation_windows
 from ..recipe import BUFFER, Recipe
 from .buffer import ReplayBuffer
@@ -45,9 +46,20 @@ class RunData:
         for name, cfg in recipe.sources.items():
             tok = prepare_source(name, cfg, tokenizer, shard_dir, expect_key=recorded.get(name))
             self.sources[name] = self._split(name, tok)
+        self._check_buffer_budgets()
         write_json_atomic(keys_path, {n: s.tokenized.key for n, s in self.sources.items()})
         self.buffer = ReplayBuffer(out / "buffer")
         self._buffer_streams: dict[int, PackedStream] = {}
+
+    def _check_buffer_budgets(self) -> None:
+        """A buffer_add larger than its source would be capped silently at the stage's end."""
+        for i, st in enumerate(self.recipe.stages):
+            if st.buffer_add is None:
+                continue
+            available = self.sources[st.buffer_add.source].stream.epoch_tokens
+            if st.buffer_add.tokens > available:
+                raise CptError(f"stages[{i}].buffer_add.tokens: {st.buffer_add.tokens:,} is more than the "
+                               f"{available:,} training tokens of source `{st.buffer_add.source}`")
 
     def _split(self, name: str, tok: TokenizedSource) -> SourceData:
         shard = tok.open()

@@ -50,6 +50,8 @@ class ShardWriter:
         self._lengths.append(arr.size)
 
     def close(self) -> None:
+        self._bin.flush()
+        os.fsync(self._bin.fileno())  # data on disk before the rename makes the shard visible
         self._bin.close()
         lengths = np.asarray(self._lengths, dtype=np.int32)
         pointers = np.zeros(len(lengths), dtype=np.int64)
@@ -65,6 +67,8 @@ class ShardWriter:
             f.write(lengths.tobytes())
             f.write(pointers.tobytes())
             f.write(doc_idx.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(self.prefix + ".bin.tmp", self.prefix + ".bin")
         os.replace(self.prefix + ".idx.tmp", self.prefix + ".idx")
 

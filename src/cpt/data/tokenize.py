@@ -142,7 +142,10 @@ def _existing_shard(name: str, prefix: Path, fingerprint: str) -> TokenizedSourc
     if not meta_path.is_file():
         raise CptError(f"sources.{name}.prefix: {meta_path} not found; cpt needs the shard's metadata "
                        "(tokenizer fingerprint) to check it matches the recipe's tokenizer")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CptError(f"sources.{name}.prefix: {meta_path} is not valid JSON ({e.msg}, line {e.lineno})") from None
     theirs = meta.get("tokenizer", {}).get("fingerprint")
     if theirs != fingerprint:
         raise CptError(f"sources.{name}.prefix: {prefix} was tokenized with another tokenizer "

@@ -11,13 +11,20 @@ from ..schedules import step_lr
 
 def source_roles(recipe: Recipe) -> list[tuple[list[str], list[str]]]:
     """(new, earlier) sources of each stage: adaptation is measured on new ones, forgetting on
-    earlier ones (the base model's own data and everything trained on before the stage)."""
+    earlier ones. New: the stage's `new:`, else the source it adds to the buffer (the cookbook's
+    Di), else the sources it is the first to train on. Earlier: the base model's own data, all
+    that earlier stages trained on, and what this stage replays beside its new data."""
     seen = set(recipe.base_sources)
     roles = []
     for st in recipe.stages:
         used = [n for n, w in st.mix.items() if w > 0 and n != BUFFER]
-        earlier = [n for n in recipe.sources if n in seen]
-        new = list(st.new) if st.new is not None else [n for n in used if n not in seen]
+        if st.new is not None:
+            new = list(st.new)
+        elif st.buffer_add is not None:
+            new = [st.buffer_add.source]
+        else:
+            new = [n for n in used if n not in seen]
+        earlier = [n for n in recipe.sources if (n in seen or n in used) and n not in new]
         roles.append((new, earlier))
         seen.update(used)
     return roles

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
-from ..fileio import write_json_atomic
+from ..fileio import replace_dir, write_json_atomic
 from ..report import write_report
 from ..report.summary import build_summary
 
 
 def finish(run) -> None:
-    summary = build_summary(run.recipe, run.metrics.records(), run.segments)
-    write_json_atomic(run.out / "summary.json", summary)
+    """The model first: summary.json and report.md, written last, mean the run is complete."""
     export_model(run)
+    write_json_atomic(run.out / "summary.json", build_summary(run.recipe, run.metrics.records(), run.segments))
     write_report(run.out)
 
 
@@ -25,5 +24,4 @@ def export_model(run) -> None:
     run.model.config.use_cache = True
     run.model.save_pretrained(tmp, safe_serialization=True)
     run.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)

@@ -74,12 +74,12 @@ def enter_stage(run, stage: Stage) -> None:
         run.model.load_state_dict(build_model(run.recipe, run.tokenizer).state_dict())
         run.optimizer = build_optimizer(run.model, run.recipe.optimizer)
     elif init != "previous":
-        path = run.checkpoints.path(init) if "@" in init else init
+        path = run.checkpoints.path(init) if stage.cfg.init_ref else stage.cfg.init_path
         run.checkpoints.load(path, run.model, run.optimizer, rng=False)
     run.state.entered = True
     run_eval(run, stage, "start")
     if stage.segment.decay_start == 0:  # a stage that decays from its first step
-        save_checkpoint(run, stage, f"{stage.name}@pre-cooldown", stage.segment.start_lr, 0)
+        save_checkpoint(run, stage, f"{stage.name}@pre-cooldown", stage.segment.lr(0), 0)
 
 
 def after_step(run, stage: Stage, result: StepResult, lr: float, seconds: float) -> None:

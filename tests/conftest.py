@@ -16,3 +16,24 @@ def shared() -> Path:
     if not (STORIES / "config.json").is_file():
         pytest.skip(f"shared test data not found at {SHARED} (set CPT_SHARED_DATA)")
     return SHARED
+
+
+def small_recipe(tmp_path: Path, shared: Path, stages: str):
+    """A validated recipe over the shared corpora (stories, wiki, math): 64-token samples,
+    256 tokens a step, lr 1e-3, and the given YAML `stages:` block."""
+    from cpt.recipe import load_recipe
+
+    path = tmp_path / "small.yaml"
+    path.write_text(f"""
+model: {{path: {shared}/models/stories260K}}
+seq_len: 64
+micro_batch: 4
+batch_tokens: 256
+optimizer: {{lr: 1.0e-3}}
+sources:
+  stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
+  wiki: {{paths: [{shared}/corpora/en/wikipedia_en.txt], format: lines}}
+  math: {{paths: [{shared}/corpora/math/gsm8k_train.jsonl], template: "{{question}}"}}
+stages:
+{stages}""")
+    return load_recipe(path)

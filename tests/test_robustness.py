@@ -11,6 +11,7 @@ from cpt.data.buffer import ReplayBuffer
 from cpt.data.shards import Shard, ShardWriter
 from cpt.errors import CptError
 from cpt.recipe import StageCfg
+from conftest import small_recipe
 from test_checkpoint import tiny
 from cpt.train.step import train_step
 
@@ -79,25 +80,14 @@ def test_buffer_cut_keeps_eos_and_exact_budget(tmp_path):
 
 def test_source_roles_follow_buffer_add_and_replay(shared, tmp_path):
     """In the issue's example, stage `wiki` adapts to wiki and replays stories (forgetting)."""
-    from cpt.recipe import load_recipe
     from cpt.report.summary import source_roles
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""
-model: {{path: {shared}/models/stories260K}}
-seq_len: 64
-micro_batch: 4
-batch_tokens: 256
-sources:
-  stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
-  wiki: {{paths: [{shared}/corpora/en/wikipedia_en.txt], format: lines}}
-  math: {{paths: [{shared}/corpora/math/gsm8k_train.jsonl], template: "{{question}}"}}
-stages:
-  - {{name: wiki, tokens: 512, mix: {{stories: 0.05, wiki: 0.95}}, buffer_add: {{source: wiki, tokens: 100}}}}
-  - {{name: math, tokens: 512, mix: {{stories: 0.33, math: 0.33, buffer: 0.34}}}}
-  - {{name: cooldown, tokens: 512, mix: {{stories: 0.33, math: 0.33, buffer: 0.34}}, schedule: {{kind: cooldown}}}}
+    recipe = small_recipe(tmp_path, shared, """
+  - {name: wiki, tokens: 512, mix: {stories: 0.05, wiki: 0.95}, buffer_add: {source: wiki, tokens: 100}}
+  - {name: math, tokens: 512, mix: {stories: 0.33, math: 0.33, buffer: 0.34}}
+  - {name: cooldown, tokens: 512, mix: {stories: 0.33, math: 0.33, buffer: 0.34}, schedule: {kind: cooldown}}
 """)
-    assert source_roles(load_recipe(recipe)) == [
+    assert source_roles(recipe) == [
         (["wiki"], ["stories"]),
         (["math"], ["stories", "wiki"]),
         ([], ["stories", "wiki", "math"]),

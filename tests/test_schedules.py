@@ -5,6 +5,7 @@ import math
 import pytest
 
 from cpt.recipe import ConstantSchedule, CooldownSchedule, CosineSchedule, WSDSchedule
+from conftest import small_recipe
 from cpt.schedules import build_segment, decay_factor, step_lr
 
 B = 1000  # tokens per step
@@ -67,24 +68,15 @@ def test_cooldown_from_start_lr():
 
 def test_plan_composes_stages_and_pre_cooldown_init(shared, tmp_path):
     """Later stages continue where the LR stood: at the previous end, or at a checkpoint's LR."""
-    from cpt.recipe import load_recipe
     from cpt.schedules import plan_segments
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""
-model: {{path: {shared}/models/stories260K}}
-seq_len: 64
-micro_batch: 4
-batch_tokens: 256
-optimizer: {{lr: 1.0e-3}}
-sources: {{s: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}}}
-stages:
-  - {{name: a, tokens: 2560, mix: {{s: 1}}, schedule: {{kind: wsd, warmup: 0.1, decay: 0.5, min_lr: 1.0e-4}}}}
-  - {{name: b, tokens: 2560, mix: {{s: 1}}, schedule: {{kind: constant}}}}
-  - {{name: c, tokens: 2560, mix: {{s: 1}}, init: a@pre-cooldown, schedule: {{kind: constant}}}}
-  - {{name: d, tokens: 2560, mix: {{s: 1}}, schedule: {{kind: cooldown, shape: linear, to: 0.0}}}}
+    recipe = small_recipe(tmp_path, shared, """
+  - {name: a, tokens: 2560, mix: {stories: 1}, schedule: {kind: wsd, warmup: 0.1, decay: 0.5, min_lr: 1.0e-4}}
+  - {name: b, tokens: 2560, mix: {stories: 1}, schedule: {kind: constant}}
+  - {name: c, tokens: 2560, mix: {stories: 1}, init: a@pre-cooldown, schedule: {kind: constant}}
+  - {name: d, tokens: 2560, mix: {stories: 1}, schedule: {kind: cooldown, shape: linear, to: 0.0}}
 """)
-    a, b, c, d = plan_segments(load_recipe(recipe))
+    a, b, c, d = plan_segments(recipe)
     assert a.end_lr == pytest.approx(1e-4)
     assert [step_lr(b, k, 256) for k in range(10)] == pytest.approx([1e-4] * 10, rel=1e-12)  # continues at a's end
     assert {step_lr(c, k, 256) for k in range(10)} == {1e-3}  # a's LR before its decay began

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a multi-stage CPT recipe", description=RUN_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("recipe", type=Path, help="recipe YAML file (see README: Recipe reference)")
-    run.add_argument("--out", type=Path, required=True, help="run folder (must be new or empty unless --resume)")
+    run.add_argument("--out", type=Path, required=True, help="run folder: new or empty, or a run to continue with --resume")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     demo = sub.add_parser("demo", help="a 5-minute self-contained demo on CPU", description=DEMO_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)

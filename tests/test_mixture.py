@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cpt.data.mixture import StageMixture, interleave
+from cpt.data.mixture import Mixture, StageMixture, interleave
 from cpt.data.packing import PackedStream
 from cpt.data.rng import generator
 from cpt.data.shards import Shard, ShardWriter
@@ -18,6 +18,81 @@ def test_interleave_is_exact_at_every_prefix(weights):
         prefix_counts = np.cumsum(order == d)
         target = w * np.arange(1, n + 1)
         assert np.max(np.abs(prefix_counts - target)) <= 1.0
+
+
+def _reference_order(weights, n):
+    """The definition, written the slow and obvious way: every key, one global stable sort."""
+    keys, ids = [], []
+    for d, w in enumerate(weights):
+        if w > 0:
+            keys += [(k + 0.5) / w for k in range(int(n * w) + 2)]
+            ids += [d] * (int(n * w) + 2)
+    order = sorted(range(len(keys)), key=lambda i: (keys[i], ids[i]))
+    return np.array([ids[i] for i in order[:n]])
+
+
+def _max_deviation(order, weights):
+    n = len(order)
+    return max(np.max(np.abs(np.cumsum(order == d) - w * np.arange(1, n + 1))) for d, w in enumerate(weights))
+
+
+def _megatron_order(weights, n):
+    """Megatron's largest-deficit blending loop (helpers.cpp::build_blending_indices)."""
+    w, counts, out = np.asarray(weights), np.zeros(len(weights)), np.empty(n, dtype=int)
+    for i in range(n):
+        d = int(np.argmax(w * max(i, 1) - counts))
+        out[i], counts[d] = d, counts[d] + 1
+    return out
+
+
+@pytest.mark.parametrize("weights", [[0.7, 0.3], [0.33, 0.33, 0.34], [0.1] * 10, [0.5, 0.05, 0.45, 0.0]])
+def test_blocks_equal_the_global_sort_at_any_offset(weights):
+    """Random access: any block, computed on its own, is that slice of the one global order."""
+    n = 5_000
+    ref = _reference_order(weights, n)
+    assert np.array_equal(interleave(weights, n, block=777), ref)
+    mix = Mixture(weights)
+    rng = np.random.default_rng(0)
+    for a in rng.integers(0, n - 300, size=25):
+        b = a + int(rng.integers(1, 300))
+        src, sample = mix.block(a, b)
+        assert np.array_equal(src, ref[a:b])
+        for d in set(src.tolist()):  # each source's sample ids count up from its count before a
+            before = int(np.sum(ref[:a] == d))
+            assert sample[src == d].tolist() == list(range(before, before + int(np.sum(src == d))))
+        assert mix.counts_at(b).tolist() == np.bincount(ref[:b], minlength=len(weights)).tolist()
+
+
+def test_counts_far_into_the_order_match_a_block_there():
+    """counts_at(10^12) costs the same as counts_at(10) and agrees with the blocks around it."""
+    weights = [0.05, 0.5, 0.25, 0.2]
+    mix = Mixture(weights)
+    a = 10**12 + 12345
+    before = mix.counts_at(a)
+    assert np.all(np.abs(before - a * np.array(weights)) <= 1)
+    src, sample = mix.block(a, a + 1000)
+    after = before + np.bincount(src, minlength=4)
+    assert np.array_equal(after, mix.counts_at(a + 1000))
+    assert all(sample[src == d].min() == before[d] for d in set(src.tolist()))
+
+
+def test_prefix_error_bound_and_megatron_comparison():
+    """The documented bound (1 - w)/2 + w (D - 1)/2 holds for random weights; with up to three
+    sources every prefix is within one sample, where Megatron's own loop is not."""
+    rng = np.random.default_rng(1)
+    ours_3 = megatron_3 = 0.0
+    for trial in range(30):
+        D = int(rng.integers(2, 11))
+        w = rng.dirichlet(np.full(D, rng.choice([0.2, 1.0, 5.0])))
+        order = interleave(w, 3000)
+        for d in range(D):
+            dev = np.max(np.abs(np.cumsum(order == d) - w[d] * np.arange(1, 3001)))
+            assert dev <= (1 - w[d]) / 2 + w[d] * (D - 1) / 2 + 1e-9
+        if trial < 10:
+            w3 = rng.dirichlet(np.ones(3))
+            ours_3 = max(ours_3, _max_deviation(interleave(w3, 2000), w3))
+            megatron_3 = max(megatron_3, _max_deviation(_megatron_order(w3, 2000), w3))
+    assert ours_3 <= 1.0 < megatron_3
 
 
 def test_interleave_skips_zero_weights_and_is_deterministic():

@@ -57,7 +57,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool) -> Run:
     write_text_atomic(out / "recipe.yaml", recipe_text)
 
     device = pick_device(recipe.device)
-    tokenizer = load_tokenizer(recipe)
+    tokenizer = load_tokenizer(recipe.tokenizer_path)
     model = build_model(recipe, tokenizer).to(device)
     model.train()
     data = RunData(recipe, out, tokenizer)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .data import mixlists, tokenize_cli
 from .errors import CptError
 
 RUN_HELP = """Run a whole multi-stage continual pre-training plan from one recipe.
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a 5-minute self-contained demo on CPU", description=DEMO_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    tokenize_cli.add_parser(sub)
+    mixlists.add_parser(sub)
     return p
 
 
@@ -44,15 +47,18 @@ def main(argv: list[str] | None = None) -> int:
             from .runner import run_recipe
 
             run_recipe(args.recipe, args.out, resume=args.resume)
-        else:
+        elif args.command == "demo":
             from .demo.run import run_demo
 
             run_demo(args.out)
+        else:
+            return {"tokenize": tokenize_cli, "mix": mixlists}[args.command].run(args)
     except CptError as e:
         print("cpt: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
-        print("cpt: interrupted; continue with --resume", file=sys.stderr)
+        hint = "continue with --resume" if args.command == "run" else "run the same command again to continue"
+        print(f"cpt: interrupted; {hint}", file=sys.stderr)
         return 130
     return 0
 

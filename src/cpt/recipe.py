@@ -55,7 +55,7 @@ class SourceCfg(Strict):
 
     paths: list[RelPath] = []
     prefix: RelPath | None = None
-    format: Literal["text", "lines", "jsonl", "parquet"] | None = None  # inferred from extension
+    format: Literal["text", "lines", "jsonl", "parquet", "hf"] | None = None  # inferred from the paths
     separator: str | None = None  # text format: document separator (default: a blank line)
     text_field: str = "text"  # jsonl / parquet column
     template: str | None = None  # jsonl / parquet: "{question}\n{answer}" over fields
@@ -63,6 +63,8 @@ class SourceCfg(Strict):
     def resolved_format(self) -> str:
         if self.format:
             return self.format
+        if self.paths and all(p.is_dir() for p in self.paths):
+            return "hf"  # a folder written by datasets' save_to_disk
         suffixes = {p.suffix.lower() for p in self.paths}
         if suffixes <= {".jsonl", ".json"}:
             return "jsonl"
@@ -176,6 +178,7 @@ class Recipe(Strict):
     checkpoint: CheckpointCfg = CheckpointCfg()
     base_sources: list[str] = []  # the starting model's own pretraining data (D0), if known
     data_dir: RelPath | None = None  # shard cache shared between runs; default <out>/shards
+    tokenize_workers: int = Field(0, ge=0)  # processes that tokenize; 0: one per CPU core
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @property
@@ -303,25 +306,13 @@ def check_recipe(r: Recipe) -> list[str]:
             p(f"{where}: `{BUFFER}` is reserved for the replay buffer; rename the source")
         elif not _NAME.match(name):
             p(f"{where}: a source name must be letters, digits, `_`, `-` or `.` (it names files)")
-        if src.template is not None:
-            try:
-                list(string.Formatter().parse(src.template))
-            except ValueError as e:
-                p(f"{where}.template: not a valid template ({e}); fields look like {{question}}")
         if bool(src.paths) == (src.prefix is not None):
             p(f"{where}: give either `paths` (files to tokenize) or `prefix` (an existing .bin/.idx shard)")
-        for i, f in enumerate(src.paths):
-            if not f.is_file():
-                p(f"{where}.paths[{i}]: file not found: {f}")
         if src.prefix is not None:
             for ext in (".bin", ".idx"):
                 if not Path(str(src.prefix) + ext).is_file():
                     p(f"{where}.prefix: file not found: {src.prefix}{ext}")
-        fmt = src.resolved_format() if src.paths else None
-        if src.separator is not None and fmt != "text":
-            p(f"{where}.separator: only the `text` format has a separator (this source is {fmt})")
-        if src.template is not None and fmt not in ("jsonl", "parquet"):
-            p(f"{where}.template: only jsonl and parquet sources have fields to template (this source is {fmt})")
+        problems += check_source(src, where)
 
     for name in r.base_sources:
         if name not in r.sources:
@@ -353,6 +344,30 @@ def check_recipe(r: Recipe) -> list[str]:
         p(f"eval.every_tokens: {r.eval.every_tokens} is less than one optimizer step ({r.batch_tokens})")
     if r.checkpoint.every_tokens is not None and r.checkpoint.every_tokens < r.batch_tokens:
         p(f"checkpoint.every_tokens: {r.checkpoint.every_tokens} is less than one optimizer step ({r.batch_tokens})")
+    return problems
+
+
+def check_source(src: SourceCfg, where: str = "") -> list[str]:
+    """Problems with a source's input files and parsing options. `where` is its recipe field
+    (`sources.wiki`); empty for `cpt tokenize`, whose messages name the flags instead."""
+    def label(key: str) -> str:
+        return f"{where}.{key}" if where else "--" + key.replace("_", "-")
+
+    problems = []
+    p = problems.append
+    if src.template is not None:
+        try:
+            list(string.Formatter().parse(src.template))
+        except ValueError as e:
+            p(f"{label('template')}: not a valid template ({e}); fields look like {{question}}")
+    fmt = src.resolved_format() if src.paths else None
+    for i, f in enumerate(src.paths):
+        if not (f.is_file() or (f.is_dir() and fmt == "hf")):
+            p(f"{where}.paths[{i}]: file not found: {f}" if where else f"{f}: file not found")
+    if src.separator is not None and fmt != "text":
+        p(f"{label('separator')}: only the `text` format has a separator (this source is {fmt})")
+    if src.template is not None and fmt not in ("jsonl", "parquet", "hf"):
+        p(f"{label('template')}: only jsonl, parquet and hf sources have fields to template (this source is {fmt})")
     return problems
 
 

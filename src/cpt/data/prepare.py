@@ -44,7 +44,8 @@ class RunData:
         recorded = json.loads(keys_path.read_text()) if keys_path.is_file() else {}
         self.sources: dict[str, SourceData] = {}
         for name, cfg in recipe.sources.items():
-            tok = prepare_source(name, cfg, tokenizer, shard_dir, expect_key=recorded.get(name))
+            tok = prepare_source(name, cfg, tokenizer, shard_dir, expect_key=recorded.get(name),
+                                 workers=recipe.tokenize_workers or os.cpu_count() or 1)
             self.sources[name] = self._split(name, tok)
         self._check_buffer_budgets()
         write_json_atomic(keys_path, {n: s.tokenized.key for n, s in self.sources.items()})

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -19,12 +22,15 @@ from tqdm import tqdm
 from ..errors import CptError
 from ..fileio import write_json_atomic
 from ..recipe import SourceCfg
-from .shards import Shard, ShardWriter, token_dtype
+from .encode import Encoder
 from .rng import generator
-from .sources import iter_documents
+from .shards import Shard, ShardWriter, token_dtype
+from .sources import file_documents
 
 META_VERSION = 1
-_BATCH_DOCS = 256
+_BATCH_DOCS = 1024
+_BATCH_CHARS = 256 * 1024
+_COMMIT_SECONDS = 10.0  # how much work an interruption may cost
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -57,7 +63,7 @@ class TokenizedSource:
 
 
 def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path,
-                   expect_key: str | None = None) -> TokenizedSource:
+                   expect_key: str | None = None, workers: int = 1) -> TokenizedSource:
     """The shard of a source: an existing `prefix:` (checked), the cached one, or a new one.
     With `expect_key` (a resumed run), a source whose content changed is refused before any work."""
     fp = tokenizer_fingerprint(tokenizer)
@@ -65,27 +71,41 @@ def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path,
         shard = _existing_shard(name, src.prefix, fp)
         _check_key(name, shard.key, expect_key)
         return shard
-    inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _file_sha256(p)} for p in src.paths]
-    options = src.model_dump(mode="json", exclude={"paths", "prefix"})
-    options["format"] = src.resolved_format()
-    key = hashlib.sha256(json.dumps([fp, [i["sha256"] for i in inputs], options], sort_keys=True).encode())
-    key = key.hexdigest()[:12]
+    inputs = [input_record(p) for p in src.paths]
+    key = content_key(fp, inputs, src)
     _check_key(name, key, expect_key)
     prefix = data_dir / f"{name}.{key}"
-    meta_path = Path(f"{prefix}.json")
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        files_there = all(Path(f"{prefix}{ext}").is_file() for ext in (".bin", ".idx"))
-        if meta.get("complete") and meta.get("tokenizer", {}).get("fingerprint") == fp and files_there:
-            return TokenizedSource(name, str(prefix), key, meta)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    meta = _tokenize(name, src, tokenizer, prefix)
-    meta.update(format="cpt-shard", version=META_VERSION, complete=True, source=name, key=key,
-                inputs=inputs, options=options,
-                tokenizer={"fingerprint": fp, "vocab_size": len(tokenizer), "eos_id": tokenizer.eos_token_id,
-                           "name_or_path": str(getattr(tokenizer, "name_or_path", ""))})
-    write_json_atomic(meta_path, meta)
+    meta = complete_meta(prefix, key)
+    if meta is None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        meta = tokenize_source(name, src, tokenizer, prefix, key, inputs, workers)
     return TokenizedSource(name, str(prefix), key, meta)
+
+
+def content_key(fingerprint: str, inputs: list[dict], src: SourceCfg) -> str:
+    """What determines a shard's bytes: the tokenizer, the inputs' hashes, the parsing options."""
+    options = _parsing_options(src)
+    blob = json.dumps([fingerprint, [i["sha256"] for i in inputs], options], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _parsing_options(src: SourceCfg) -> dict:
+    options = src.model_dump(mode="json", include={"format", "separator", "text_field", "template"})
+    options["format"] = src.resolved_format()
+    return options
+
+
+def complete_meta(prefix: Path, key: str | None = None) -> dict | None:
+    """The metadata of a finished shard at `prefix` (of content `key`, if given), else None."""
+    meta_path = Path(f"{prefix}.json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    files_there = all(Path(f"{prefix}{ext}").is_file() for ext in (".bin", ".idx"))
+    if not (meta.get("complete") and files_there and (key is None or meta.get("key") == key)):
+        return None
+    return meta
 
 
 def _check_key(name: str, key: str, expect_key: str | None) -> None:
@@ -94,47 +114,78 @@ def _check_key(name: str, key: str, expect_key: str | None) -> None:
                        f"slice (shard key {expect_key} -> {key}); restore them, or start a new --out")
 
 
-def _tokenize(name: str, src: SourceCfg, tokenizer, prefix: Path) -> dict:
-    """Stream documents through the tokenizer in batches; each document ends with EOS."""
+def input_record(path: Path) -> dict:
+    """Path, size and content hash of an input file (or of every file of a dataset folder)."""
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(_file_sha256(f).encode())
+    return {"path": str(path), "bytes": sum(f.stat().st_size for f in files), "sha256": h.hexdigest()}
+
+
+def tokenize_source(name: str, src: SourceCfg, tokenizer, prefix: Path, key: str, inputs: list[dict],
+                    workers: int = 1) -> dict:
+    """Tokenize every document of `src` into the Megatron shard `prefix` and write its metadata
+    (`prefix.json`, last: its presence with `complete` means the shard is whole). Each document
+    ends with EOS. Progress is committed every few seconds; a rerun after an interruption
+    continues from the last commit."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise CptError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')}: has no EOS token, needed between documents")
     dtype = token_dtype(len(tokenizer))
-    encode = _batch_encoder(tokenizer)
-    docs = tokens = 0
-    total_bytes = sum(p.stat().st_size for p in src.paths)
-    with ShardWriter(prefix, dtype) as writer, tqdm(total=total_bytes, unit="B", unit_scale=True,
-                                                     desc=f"tokenize {name}", leave=False) as bar:
-        batch: list[str] = []
-
-        def flush():
-            nonlocal docs, tokens
-            for ids in encode(batch):
-                ids.append(eos)
-                writer.add(ids)
-                docs += 1
-                tokens += len(ids)
-            bar.update(sum(len(t.encode("utf-8")) for t in batch))
-            batch.clear()
-
-        for text in iter_documents(name, src):
-            batch.append(text)
-            if len(batch) >= _BATCH_DOCS:
-                flush()
-        if batch:
-            flush()
-    if docs == 0:
-        raise CptError(f"sources.{name}: no documents found in {', '.join(map(str, src.paths))}")
-    return {"documents": docs, "tokens": tokens, "dtype": dtype.name}
-
-
-def _batch_encoder(tokenizer):
-    """The Rust `tokenizers` pipeline directly when there is one (same ids, with the tokenizer's
-    own special tokens, minus the Python overhead and the model-length warnings)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        return lambda texts: [e.ids for e in backend.encode_batch(texts, add_special_tokens=True)]
-    return lambda texts: tokenizer(texts, add_special_tokens=True)["input_ids"]
+    if backend is None:
+        raise CptError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')}: only fast (Rust `tokenizers`) "
+                       "tokenizers are supported; save it with a tokenizer.json")
+    resumed = ShardWriter.resume(prefix, dtype, key)
+    writer, progress = resumed if resumed else (ShardWriter(prefix, dtype), {"file": 0, "in_file": 0, "files": []})
+    ends = np.cumsum([i["bytes"] for i in inputs]).tolist()  # input bytes done after each file
+    files: list[dict] = progress["files"]  # the document range of each finished input
+    start = progress["file"]
+    with writer, Encoder(backend, eos, dtype, workers) as encoder, \
+            tqdm(total=ends[-1], initial=ends[start - 1] if start else 0, unit="B", unit_scale=True,
+                 desc=f"tokenize {name}") as bar:
+        for i in range(start, len(inputs)):
+            skip = progress["in_file"] if i == start else 0
+            first_doc = writer.documents - skip
+            docs = islice(file_documents(name, src, src.paths[i]), skip, None)
+            last_commit = time.monotonic()
+            for tokens, lengths, size in encoder.map(_batches(docs)):
+                writer.add_many(tokens, lengths)
+                bar.update(max(0, min(size, ends[i] - bar.n)))  # characters: an estimate of bytes
+                if time.monotonic() - last_commit > _COMMIT_SECONDS:
+                    writer.commit(key, file=i, in_file=writer.documents - first_doc, files=files)
+                    last_commit = time.monotonic()
+            files.append({"path": str(src.paths[i]), "first_document": first_doc,
+                          "documents": writer.documents - first_doc})
+            bar.update(ends[i] - bar.n)
+            writer.commit(key, file=i + 1, in_file=0, files=files)
+        if writer.documents == 0:
+            raise CptError(f"{', '.join(map(str, src.paths))}: no documents found (source `{name}`); "
+                           "check the format and separator")
+    meta = {"format": "cpt-shard", "version": META_VERSION, "complete": True, "source": name, "key": key,
+            "documents": writer.documents, "tokens": writer.tokens, "dtype": dtype.name,
+            "inputs": [dict(rec, **f) for rec, f in zip(inputs, files)], "options": _parsing_options(src),
+            "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer),
+                          "eos_id": eos, "name_or_path": str(getattr(tokenizer, "name_or_path", ""))}}
+    write_json_atomic(Path(f"{prefix}.json"), meta)
+    return meta
+
+
+def _batches(docs: Iterator[str]) -> Iterator[tuple[list[str], int]]:
+    """Documents in batches of about `_BATCH_CHARS` characters (small enough to keep every worker
+    busy on a file of a few long documents), each tagged with its size for the progress bar.
+    Characters, not UTF-8 bytes: counting bytes would cost an encode of every document."""
+    batch: list[str] = []
+    size = 0
+    for text in docs:
+        batch.append(text)
+        size += len(text)
+        if size >= _BATCH_CHARS or len(batch) >= _BATCH_DOCS:
+            yield batch, size
+            batch, size = [], 0
+    if batch:
+        yield batch, size
 
 
 def _existing_shard(name: str, prefix: Path, fingerprint: str) -> TokenizedSource:

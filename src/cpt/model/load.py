@@ -17,15 +17,16 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def load_tokenizer(recipe: Recipe):
+def load_tokenizer(path, field: str = "tokenizer"):
+    """A Hugging Face tokenizer folder; `field` names the recipe key or flag in errors."""
     from transformers import AutoTokenizer
 
     quiet_transformers()
-
     try:
-        return AutoTokenizer.from_pretrained(str(recipe.tokenizer_path))
+        return AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # transformers raises many types for a bad folder
-        raise CptError(f"tokenizer: cannot load {recipe.tokenizer_path} ({type(e).__name__}: {e})") from None
+        msg = " ".join(str(e).split())[:200]
+        raise CptError(f"{field}: cannot load a tokenizer from {path} ({type(e).__name__}: {msg})") from None
 
 
 def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:

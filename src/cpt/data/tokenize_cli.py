@@ -1,0 +1,75 @@
+"""`cpt tokenize`: raw files to one Megatron shard (`PREFIX.bin/.idx`) plus `PREFIX.json`.
+
+The same code `cpt run` uses for a recipe's sources, offered on its own for corpora prepared once
+and named by `prefix:` in many recipes (or given to Megatron directly)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from ..errors import CptError
+from ..recipe import SourceCfg, check_source
+from .tokenize import input_record, complete_meta, content_key, tokenize_source, tokenizer_fingerprint
+
+HELP = """Tokenize text, JSONL, Parquet or Hugging Face datasets (save_to_disk folders) into one
+Megatron indexed dataset: PREFIX.bin (uint16 tokens when the vocabulary fits, else int32),
+PREFIX.idx, and PREFIX.json (tokenizer fingerprint, documents, tokens, each input's size, hash
+and document range). Every document ends with the tokenizer's EOS.
+
+Documents are encoded by --workers processes, in order, with bounded memory. Progress is committed
+every few seconds under temporary names: an interrupted run leaves no PREFIX.bin/.idx, and running
+the same command again continues where it stopped. Rerunning a finished command does nothing.
+
+Example: cpt tokenize --tokenizer models/smollm2 --output shards/wiki --workers 8 wiki/*.jsonl"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("tokenize", help="tokenize files into a Megatron .bin/.idx shard", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="input files (or dataset folders for hf)")
+    p.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="Hugging Face tokenizer folder")
+    p.add_argument("--output", type=Path, required=True, metavar="PREFIX", help="writes PREFIX.bin, .idx, .json")
+    p.add_argument("--format", choices=["text", "lines", "jsonl", "parquet", "hf"],
+                   help="input format (default: from the file extensions; folders are hf datasets)")
+    p.add_argument("--separator", help="text format: the string between documents (default: a blank line)")
+    p.add_argument("--text-field", default="text", metavar="F", help="jsonl/parquet/hf: the text column")
+    p.add_argument("--template", metavar="T", help='jsonl/parquet/hf: e.g. "{question}\\n{answer}"')
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="tokenizing processes (default: one per CPU core)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing shard made from other inputs")
+    return p
+
+
+def run(args) -> int:
+    if args.workers < 1:
+        raise CptError(f"--workers: {args.workers}; give 1 or more")
+    src = SourceCfg(paths=[f.expanduser() for f in args.files], format=args.format, separator=args.separator,
+                    text_field=args.text_field, template=args.template)
+    problems = check_source(src)
+    if problems:
+        raise CptError("; ".join(problems))
+    from ..model.load import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer, "--tokenizer")
+    prefix = args.output.expanduser()
+    inputs = [input_record(p) for p in src.paths]
+    key = content_key(tokenizer_fingerprint(tokenizer), inputs, src)
+    if complete_meta(prefix, key) is not None:
+        print(f"{prefix}.bin/.idx are up to date (same inputs, options and tokenizer); nothing to do")
+        return 0
+    existing = [str(prefix) + ext for ext in (".bin", ".idx", ".json") if Path(str(prefix) + ext).exists()]
+    if existing and not args.overwrite:
+        raise CptError(f"--output: {existing[0]} exists and was made from other inputs or another tokenizer; "
+                       "choose another PREFIX or pass --overwrite")
+    Path(f"{prefix}.json").unlink(missing_ok=True)  # the old shard stops looking complete first
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    meta = tokenize_source(prefix.name, src, tokenizer, prefix, key, inputs, args.workers)
+    seconds = time.perf_counter() - t0
+    mb = sum(i["bytes"] for i in inputs) / 1e6
+    print(f"{prefix}.bin/.idx: {meta['documents']:,} documents, {meta['tokens']:,} tokens ({meta['dtype']}), "
+          f"{mb:.1f} MB in {seconds:.1f} s ({mb / max(seconds, 1e-9):.2f} MB/s, {args.workers} worker(s))")
+    return 0

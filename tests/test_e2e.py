@@ -96,6 +96,13 @@ def test_schedule_and_pre_cooldown_checkpoint(uninterrupted):
     meta = json.loads((out / "checkpoints/a@pre-cooldown/meta.json").read_text())
     assert (meta["global_step"], meta["lr"], meta["phase"]) == (30, 2e-3, "hold")
     assert rows[29]["tokens"] == meta["tokens"] == 30 * 512
+    # 30 steps x 8 samples at 0.25/0.75: what each source has given so far, unique vs repeated
+    seen = meta["data_seen"]
+    assert (seen["stories"]["samples"], seen["wiki"]["samples"]) == (60, 180)
+    for s in seen.values():
+        assert s["tokens"] == s["samples"] * 64 == s["unique_tokens"] + s["repeated_tokens"]
+    final = json.loads((out / "checkpoints/b@final/meta.json").read_text())["data_seen"]
+    assert final["buffer@v1"]["samples"] == 80 and final["buffer@v1"]["repeated_tokens"] == (80 - 4000 // 64) * 64
 
 
 def test_buffer_holds_exact_tokens_of_stage_source(uninterrupted):
@@ -132,7 +139,10 @@ def test_kill_and_resume_matches_uninterrupted(uninterrupted, tmp_path):
     res = cpt("run", recipe, "--out", out, "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text()) == json.loads((full / "summary.json").read_text())
+    # batch fingerprints included: the same samples in the same order, across the stage boundary
+    # where the weights change (0.25/0.75 -> 0.5 with the buffer)
     assert train_records(out) == train_records(full)
+    assert len({r["batch_crc32"] for r in train_records(out) if r["kind"] == "train"}) == 60
 
 
 def test_fresh_run_refuses_existing_out_and_changed_recipe_on_resume(uninterrupted, tmp_path):

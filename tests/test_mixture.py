@@ -153,3 +153,20 @@ def test_packed_stream_uses_only_given_documents(tmp_path):
     stream = PackedStream("y", shard, train, seq_len=10, seed=0)
     seen = set(np.concatenate([stream.sample(s) for s in range(3 * stream.samples_per_epoch)]).tolist())
     assert seen == set(train.tolist())
+
+
+def test_cursors_across_stages_never_repeat_or_skip_a_sample():
+    """Three stages with changing weights (a source leaves and comes back): every stream's sample
+    ids over the whole run are 0, 1, 2, ... exactly once, so nothing repeats within an epoch."""
+    stages = [(["d0", "d1"], [0.5, 0.5]), (["d0", "d1", "d2"], [0.05, 0.6, 0.35]), (["d0", "d2"], [0.7, 0.3])]
+    cursors: dict[str, int] = {}
+    seen: dict[str, list[int]] = {}
+    for streams, weights in stages:
+        mix = StageMixture(streams, weights, steps=37, samples_per_step=8, start=cursors)
+        for k in range(37):
+            for name, s in mix.step(k):
+                seen.setdefault(name, []).append(s)
+        cursors = mix.cursors_after()
+    for name, ids in seen.items():
+        assert ids == list(range(len(ids))), name
+        assert cursors[name] == len(ids)

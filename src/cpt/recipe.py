@@ -50,6 +50,14 @@ class OptimizerCfg(Strict):
     grad_clip: float | None = Field(1.0, gt=0)
 
 
+class UpsampleCfg(Strict):
+    """Long-context upsampling of one source (Gao et al. 2024): each document longer than
+    `min_tokens` tokens is read `factor` times per epoch; the source's share of the mix is unchanged."""
+
+    min_tokens: int = Field(gt=0)
+    factor: float = Field(ge=1)
+
+
 class SourceCfg(Strict):
     """A named dataset: raw files to tokenize, or an existing Megatron shard `prefix`."""
 
@@ -59,6 +67,7 @@ class SourceCfg(Strict):
     separator: str | None = None  # text format: document separator (default: a blank line)
     text_field: str = "text"  # jsonl / parquet column
     template: str | None = None  # jsonl / parquet: "{question}\n{answer}" over fields
+    upsample_long: UpsampleCfg | None = None  # a sampling choice: not part of the shard's cache key
 
     def resolved_format(self) -> str:
         if self.format:
@@ -122,8 +131,23 @@ Schedule = Annotated[
 
 
 class BufferAddCfg(Strict):
+    """At the stage's end, copy documents of `source` into the replay buffer. The budget is exactly
+    one of `tokens` or `fraction` (of the source's training tokens); `policy` picks the documents:
+    `uniform` at random, `representative` stratified by input file and length quartile, `hard` the
+    highest-loss documents under the end-of-stage model among a random pool of `pool` x the budget."""
+
     source: str
-    tokens: int = Field(gt=0)
+    tokens: int | None = Field(None, gt=0)
+    fraction: float | None = Field(None, gt=0, le=1)
+    policy: Literal["uniform", "representative", "hard"] = "uniform"
+    pool: float = Field(4.0, ge=1)
+
+
+def budget_tokens(cfg: BufferAddCfg, source_train_tokens: int) -> int:
+    """The addition's token budget: `tokens`, or `fraction` of the source's training tokens."""
+    if cfg.tokens is not None:
+        return cfg.tokens
+    return max(1, math.floor(cfg.fraction * source_train_tokens))
 
 
 class StageCfg(Strict):
@@ -179,6 +203,7 @@ class Recipe(Strict):
     base_sources: list[str] = []  # the starting model's own pretraining data (D0), if known
     data_dir: RelPath | None = None  # shard cache shared between runs; default <out>/shards
     tokenize_workers: int = Field(0, ge=0)  # processes that tokenize; 0: one per CPU core
+    max_epochs: float = Field(4.0, gt=0)  # the plan warns when a source is read more often
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @property
@@ -332,7 +357,10 @@ def check_recipe(r: Recipe) -> list[str]:
         problems += _check_schedule(r, i, where)
         if st.buffer_add is not None and st.buffer_add.source not in r.sources:
             p(f"{where}.buffer_add.source: unknown source `{st.buffer_add.source}`")
-        if st.buffer_add is not None and st.buffer_add.tokens < r.seq_len:
+        if st.buffer_add is not None and (st.buffer_add.tokens is None) == (st.buffer_add.fraction is None):
+            p(f"{where}.buffer_add: give exactly one of `tokens` (a count) or `fraction` (of the source's "
+              "training tokens) as the budget")
+        elif st.buffer_add is not None and st.buffer_add.tokens is not None and st.buffer_add.tokens < r.seq_len:
             p(f"{where}.buffer_add.tokens: {st.buffer_add.tokens} is less than one sample (seq_len = {r.seq_len})")
         problems += _check_init(r, i, where)
         for n in st.new or []:

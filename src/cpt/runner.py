@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .build import build_run
-from .plan import describe_plan
+from .plan import SourceSize, format_plan, plan_stages, plan_warnings
 from .recipe import load_recipe
 
 
@@ -16,7 +16,10 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False) -> Path:
     from .train.loop import train
 
     run = build_run(recipe, Path(recipe_path).read_text(), Path(out), resume)
-    print(describe_plan(recipe, run.segments), flush=True)
+    sizes = {n: SourceSize(d.stream.samples_per_epoch, d.stream.epoch_tokens, distinct=d.stream.distinct_tokens)
+             for n, d in run.data.sources.items()}
+    plans = plan_stages(recipe, run.segments, sizes)
+    print(format_plan(recipe, plans, sizes, plan_warnings(recipe, plans, sizes, recipe.max_epochs)), flush=True)
     train(run)
     finish(run)
     report = Path(out) / "report.md"

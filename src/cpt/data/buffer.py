@@ -7,10 +7,14 @@ records the version it saw; resuming uses that version and an add is rewritten i
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..errors import CptError
 from ..fileio import write_json_atomic
@@ -36,11 +40,25 @@ class ReplayBuffer:
         return Shard(self.root / f"v{version}")
 
     def add(self, version: int, stage: str, source: str, shard: Shard, doc_ids: np.ndarray,
-            tokens: int, seed: int) -> int:
-        """Write version `version + 1`: the buffer at `version` plus `tokens` tokens of random
-        documents (seeded by stage) from `doc_ids` of `shard`. Returns the new version."""
+            tokens: int, seed: int, policy: str = "uniform", pool: float = 4.0,
+            score: Callable[[list[np.ndarray]], np.ndarray] | None = None) -> int:
+        """Write version `version + 1`: the buffer at `version` plus `tokens` tokens of documents
+        from `doc_ids` of `shard`, in the order `policy` gives (seeded by stage). `hard` needs
+        `score` (documents -> mean loss each, e.g. `document_losses` bound to the model).
+        Returns the new version."""
         self.root.mkdir(parents=True, exist_ok=True)
-        order = doc_ids[generator(seed, "buffer", stage).permutation(len(doc_ids))]
+        rng = generator(seed, "buffer", stage)
+        scores = None
+        if policy == "uniform":
+            order = uniform_order(doc_ids, rng)
+        elif policy == "representative":
+            order = representative_order(doc_ids, shard.lengths[doc_ids], document_files(shard)[doc_ids], rng)
+        elif policy == "hard":
+            if score is None:
+                raise CptError("buffer_add.policy `hard` needs the model to score documents")
+            order, scores = hard_order(doc_ids, shard, tokens, pool, rng, score)
+        else:
+            raise CptError(f"buffer_add.policy: unknown policy `{policy}` (uniform, representative, hard)")
         cum = np.cumsum(shard.lengths[order].astype(np.int64))
         n = min(int(np.searchsorted(cum, tokens)) + 1, len(order))
         chosen = order[:n]
@@ -60,8 +78,100 @@ class ReplayBuffer:
                 taken += len(doc)
         manifest = self._manifest()
         manifest["additions"] = [a for a in manifest["additions"] if a["version"] <= version]
-        manifest["additions"].append({"version": new, "stage": stage, "source": source, "tokens": taken,
-                                      "documents": [int(i) for i in chosen], "shard": shard.prefix})
+        addition = {"version": new, "stage": stage, "source": source, "policy": policy, "budget": int(tokens),
+                    "tokens": taken, "documents": [int(i) for i in chosen], "shard": shard.prefix}
+        if scores is not None:
+            addition["scores"] = [float(x) for x in scores[:n]]
+        manifest["additions"].append(addition)
         manifest["version"] = new
         write_json_atomic(self.root / "manifest.json", manifest)
         return new
+
+
+# ---------------------------------------------------------------------------------------------
+# policies: each orders `doc_ids`; the writer then takes a prefix up to the exact token budget
+
+
+def uniform_order(doc_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random order of the documents."""
+    return doc_ids[rng.permutation(len(doc_ids))]
+
+
+def document_files(shard: Shard) -> np.ndarray:
+    """Index of the input file each document of `shard` came from, from its `<prefix>.json`
+    (`inputs`: `first_document`, `documents`); all 0 when the shard has no such record."""
+    files = np.zeros(len(shard), dtype=np.int64)
+    path = Path(shard.prefix + ".json")
+    inputs = json.loads(path.read_text()).get("inputs") if path.is_file() else None
+    for i, rec in enumerate(inputs or []):
+        first = int(rec["first_document"])
+        files[first : first + int(rec["documents"])] = i
+    return files
+
+
+def length_quartiles(lengths: np.ndarray) -> np.ndarray:
+    """0..3: the quartile of each document's length among these documents."""
+    if len(lengths) == 0:
+        return np.zeros(0, dtype=np.int64)
+    edges = np.quantile(lengths, [0.25, 0.5, 0.75])
+    return np.searchsorted(edges, lengths, side="right")
+
+
+def representative_order(doc_ids: np.ndarray, lengths: np.ndarray, files: np.ndarray,
+                         rng: np.random.Generator) -> np.ndarray:
+    """Stratified by (input file, length quartile): random order within each stratum, then the
+    strata interleaved by (rank + 0.5) / stratum size, so every prefix takes the same fraction
+    of each stratum and the buffer keeps the new data's mix of files and lengths."""
+    strata = np.asarray(files, dtype=np.int64) * 4 + length_quartiles(np.asarray(lengths))
+    perm = rng.permutation(len(doc_ids))
+    grouped = perm[np.argsort(strata[perm], kind="stable")]  # by stratum, random within
+    _, start, count = np.unique(strata[grouped], return_index=True, return_counts=True)
+    rank = np.arange(len(grouped)) - np.repeat(start, count)
+    key = (rank + 0.5) / np.repeat(count, count)
+    return doc_ids[grouped[np.argsort(key, kind="stable")]]
+
+
+def hard_order(doc_ids: np.ndarray, shard: Shard, tokens: int, pool: float, rng: np.random.Generator,
+               score: Callable[[list[np.ndarray]], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A random pool of documents holding ~`pool` x `tokens` tokens, ordered by descending
+    `score` (their loss under the model); returns (order, scores in that order)."""
+    order = uniform_order(doc_ids, rng)
+    cum = np.cumsum(shard.lengths[order].astype(np.int64))
+    candidates = order[: min(int(np.searchsorted(cum, pool * tokens)) + 1, len(order))]
+    losses = np.asarray(score([shard[int(i)] for i in candidates]), dtype=np.float64)
+    by_loss = np.argsort(-losses, kind="stable")
+    return candidates[by_loss], losses[by_loss]
+
+
+@torch.no_grad()
+def document_losses(model: torch.nn.Module, docs: Sequence[np.ndarray], seq_len: int, device,
+                    batch_size: int, autocast: Callable = contextlib.nullcontext) -> np.ndarray:
+    """Mean next-token loss of each document under `model` (its first `seq_len` tokens when
+    longer than the window); a document of one token has nothing to predict and scores 0.
+    Documents go in batches of similar length, right-padded, with the padding masked out of
+    the loss; the model runs in eval mode and gets its previous mode back."""
+    out = np.zeros(len(docs), dtype=np.float64)
+    cut = [np.asarray(d[:seq_len], dtype=np.int64) for d in docs]
+    idx = [i for i in np.argsort([-len(d) for d in cut], kind="stable") if len(cut[i]) >= 2]
+    was_training = model.training
+    model.eval()
+    try:
+        for b in range(0, len(idx), batch_size):
+            part = idx[b : b + batch_size]
+            width = len(cut[part[0]])
+            ids = torch.zeros(len(part), width, dtype=torch.long)
+            mask = torch.zeros(len(part), width, dtype=torch.bool)
+            for row, i in enumerate(part):
+                ids[row, : len(cut[i])] = torch.from_numpy(cut[i])
+                mask[row, : len(cut[i])] = True
+            ids, mask = ids.to(device), mask.to(device)
+            # right padding: a causal model's real positions never attend to the padding after them
+            with autocast():
+                logits = model(input_ids=ids).logits[:, :-1].float()
+            loss = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            valid = mask[:, 1:]
+            mean = (loss * valid).sum(1) / valid.sum(1)
+            out[part] = mean.cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out

@@ -4,10 +4,15 @@ Epoch e of a source is its documents in a seeded random order, concatenated (eac
 with EOS), cut into `seq_len`-token samples; the partial tail of an epoch is dropped. Sample s is
 therefore a pure function of (seed, source, s): resuming needs no replay, and a source that runs
 out simply starts epoch e+1 in a new order.
+
+Long-context upsampling (Gao et al. 2024, "How to Train Long-Context Language Models"): an epoch
+may hold extra copies of the source's long documents, so the source's *own* composition shifts
+towards long documents while its share of the mixture (a share of samples) stays as declared.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -20,35 +25,64 @@ from .shards import Shard
 class PackedStream:
     """`stream.sample(s)` is the s-th `seq_len`-token training sample of one source."""
 
-    def __init__(self, name: str, shard: Shard, doc_ids: np.ndarray, seq_len: int, seed: int):
+    def __init__(self, name: str, shard: Shard, doc_ids: np.ndarray, seq_len: int, seed: int,
+                 upsample: tuple[int, float] | None = None):
+        """`doc_ids`: the distinct training documents. `upsample`: (min_tokens, factor): every
+        document longer than min_tokens appears `factor` times per epoch (on average, for a
+        fractional factor); None or factor 1 leaves every epoch exactly as without it."""
         self.name, self.shard, self.doc_ids, self.seq_len, self.seed = name, shard, doc_ids, seq_len, seed
-        self.epoch_tokens = int(shard.lengths[doc_ids].astype(np.int64).sum())
+        self.upsample = upsample
+        self.epoch_docs = doc_ids if upsample is None else self._with_copies(*upsample)
+        self.distinct_tokens = int(shard.lengths[doc_ids].astype(np.int64).sum())  # each document once
+        self.epoch_tokens = int(shard.lengths[self.epoch_docs].astype(np.int64).sum())  # copies included
         self.samples_per_epoch = self.epoch_tokens // seq_len
         if self.samples_per_epoch == 0:
             raise CptError(f"source `{name}`: {self.epoch_tokens} training tokens, fewer than one sample of "
                            f"seq_len={seq_len}; add data or lower seq_len")
         self._epoch = lru_cache(maxsize=2)(self._epoch_layout)
+        self._placed = lru_cache(maxsize=2)(self._placement)
+
+    def _with_copies(self, min_tokens: int, factor: float) -> np.ndarray:
+        """`doc_ids` plus floor(factor) - 1 extra copies of each long document, and one more copy
+        for round(frac(factor) x #long) of them, chosen once per stream (not per epoch), so every
+        long document is read floor or ceil(factor) times per epoch and `factor` times on average."""
+        long = self.doc_ids[self.shard.lengths[self.doc_ids] > min_tokens]
+        whole = int(math.floor(factor))
+        extra = int(round((factor - whole) * len(long)))
+        chosen = long[np.sort(generator(self.seed, "upsample", self.name).permutation(len(long))[:extra])]
+        return np.concatenate([self.doc_ids, np.repeat(long, whole - 1), chosen]).astype(self.doc_ids.dtype)
 
     def _epoch_layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Documents of an epoch in order, and the token offset where each one ends."""
-        order = self.doc_ids[generator(self.seed, "epoch", self.name, epoch).permutation(len(self.doc_ids))]
+        order = self.epoch_docs[generator(self.seed, "epoch", self.name, epoch).permutation(len(self.epoch_docs))]
         ends = np.cumsum(self.shard.lengths[order].astype(np.int64))
         return order, ends
 
-    def sample(self, s: int) -> np.ndarray:
-        epoch, index = divmod(int(s), self.samples_per_epoch)
+    def _placement(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where each of an epoch's documents ends in the epoch, and, beside it, the shift that
+        turns an epoch position inside that document into its offset in the .bin."""
         order, ends = self._epoch(epoch)
-        start, stop = index * self.seq_len, (index + 1) * self.seq_len
-        j = int(np.searchsorted(ends, start, side="right"))  # first document ending after `start`
-        pieces, pos = [], start
-        while pos < stop:
-            doc_start = int(ends[j - 1]) if j else 0
-            doc = self.shard[int(order[j])]
-            take = doc[pos - doc_start : min(stop, int(ends[j])) - doc_start]
-            pieces.append(take)
-            pos += len(take)
-            j += 1
-        return np.concatenate(pieces) if len(pieces) > 1 else np.array(pieces[0])
+        shift = self.shard.starts[order] + self.shard.lengths[order].astype(np.int64) - ends
+        return ends, np.stack([ends, shift], axis=1)
+
+    def sample(self, s: int) -> np.ndarray:
+        """Copies the sample's pieces straight out of the memory-mapped .bin, a few documents at a
+        time as Python ints (cheaper than numpy scalars): within 2x of slicing the raw file."""
+        epoch, index = divmod(int(s), self.samples_per_epoch)
+        ends, placed = self._placed(epoch)
+        pos = index * self.seq_len
+        stop = pos + self.seq_len
+        j = int(ends.searchsorted(pos, side="right"))  # the first document ending after `pos`
+        tokens = self.shard.tokens
+        pieces = []
+        while True:
+            for end, shift in placed[j : j + 4].tolist():
+                if end >= stop:
+                    pieces.append(tokens[pos + shift : stop + shift])
+                    return pieces[0].copy() if len(pieces) == 1 else np.concatenate(pieces)
+                pieces.append(tokens[pos + shift : end + shift])
+                pos = end
+            j += 4
 
     def epochs_at(self, samples: int) -> float:
         """How many passes over this source `samples` samples make."""

@@ -18,7 +18,7 @@ import torch
 from ..fileio import write_json_atomic
 from ..errors import CptError
 from ..eval.validation import validation_windows
-from ..recipe import BUFFER, Recipe
+from ..recipe import BUFFER, Recipe, budget_tokens
 from .buffer import ReplayBuffer
 from .packing import PackedStream
 from .tokenize import TokenizedSource, carve_validation, prepare_source
@@ -57,10 +57,15 @@ class RunData:
         for i, st in enumerate(self.recipe.stages):
             if st.buffer_add is None:
                 continue
-            available = self.sources[st.buffer_add.source].stream.epoch_tokens
-            if st.buffer_add.tokens > available:
-                raise CptError(f"stages[{i}].buffer_add.tokens: {st.buffer_add.tokens:,} is more than the "
+            available = self.sources[st.buffer_add.source].stream.distinct_tokens  # not upsampled copies
+            tokens = budget_tokens(st.buffer_add, available)
+            if st.buffer_add.tokens is not None and tokens > available:
+                raise CptError(f"stages[{i}].buffer_add.tokens: {tokens:,} is more than the "
                                f"{available:,} training tokens of source `{st.buffer_add.source}`")
+            if st.buffer_add.fraction is not None and tokens < self.recipe.seq_len:
+                raise CptError(f"stages[{i}].buffer_add.fraction: {st.buffer_add.fraction:g} of the {available:,} "
+                               f"training tokens of source `{st.buffer_add.source}` is {tokens:,} tokens, less "
+                               f"than one sample (seq_len = {self.recipe.seq_len}); raise it or give `tokens`")
 
     def _split(self, name: str, tok: TokenizedSource) -> SourceData:
         shard = tok.open()
@@ -73,7 +78,9 @@ class RunData:
             np.save(tmp, val_ids)
             os.replace(tmp, val_path)
         train_ids = np.setdiff1d(np.arange(len(shard)), val_ids)
-        stream = PackedStream(name, shard, train_ids, self.recipe.seq_len, self.recipe.seed)
+        up = self.recipe.sources[name].upsample_long
+        stream = PackedStream(name, shard, train_ids, self.recipe.seq_len, self.recipe.seed,
+                              upsample=None if up is None else (up.min_tokens, up.factor))
         return SourceData(tok, train_ids, val_ids, stream)
 
     def validation(self) -> dict[str, torch.Tensor]:

@@ -179,7 +179,9 @@ class Shard:
         size = os.path.getsize(bin_path) if os.path.exists(bin_path) else -1
         if size != expected:
             raise CptError(f"{bin_path}: expected {expected} bytes from the index, found {size}; re-tokenize the source")
-        self.tokens = np.memmap(bin_path, mode="r", dtype=self.dtype) if expected else np.zeros(0, self.dtype)
+        # a plain ndarray over the mapping: slicing an np.memmap subclass costs several times more
+        tokens = np.memmap(bin_path, mode="r", dtype=self.dtype) if expected else np.zeros(0, self.dtype)
+        self.tokens = tokens.view(np.ndarray)
         self.starts = self.pointers // self.dtype.itemsize  # token offset of each document
 
     def _check_consistent(self, idx_path: str) -> None:

@@ -32,6 +32,7 @@ def source_roles(recipe: Recipe) -> list[tuple[list[str], list[str]]]:
 
 def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
     evals = [r for r in records if r.get("kind") == "eval"]
+    data = {r["stage"]: r["data_seen"] for r in records if r.get("kind") == "data"}
     base = next(r["val_loss"] for r in evals if r["tag"] == "base")
     stages = []
     for st, seg, (new, earlier) in zip(recipe.stages, segments, source_roles(recipe)):
@@ -40,5 +41,6 @@ def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
         stages.append({"name": st.name, "tokens_start": start["tokens"], "tokens_end": end["tokens"],
                        "steps": recipe.stage_steps(st), "mix": st.mix, "lr_start": step_lr(seg, 0, recipe.batch_tokens),
                        "lr_end": seg.end_lr, "new_sources": new, "earlier_sources": earlier,
-                       "val_loss_start": start["val_loss"], "val_loss_end": end["val_loss"]})
+                       "val_loss_start": start["val_loss"], "val_loss_end": end["val_loss"],
+                       "data_seen_end": data.get(st.name, {})})
     return {"sources": list(recipe.sources), "base_val_loss": base, "stages": stages}

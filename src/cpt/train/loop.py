@@ -22,11 +22,11 @@ def train(run) -> None:
         while s.stage_step < stage.steps:
             t0 = time.perf_counter()
             lr = stage.lr(s.stage_step, r.batch_tokens)
-            result = train_step(run.model, run.optimizer, batch(run, stage, s.stage_step), lr,
-                                r.optimizer.grad_clip, run.autocast)
+            tokens = batch(run, stage, s.stage_step)
+            result = train_step(run.model, run.optimizer, tokens, lr, r.optimizer.grad_clip, run.autocast)
             s.stage_step, s.global_step, s.tokens = s.stage_step + 1, s.global_step + 1, s.tokens + r.batch_tokens
             seconds = time.perf_counter() - t0
-            after_step(run, stage, result, lr, seconds)
+            after_step(run, stage, result, lr, seconds, tokens)
             bar.update()
             bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{r.batch_tokens / seconds:,.0f}")
         bar.close()

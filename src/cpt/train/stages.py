@@ -3,15 +3,19 @@ buffer_add, final checkpoint); plus the per-step hooks (log, periodic eval and c
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 
+from ..data.buffer import document_losses
 from ..data.mixture import StageMixture
 from ..eval.validation import evaluate
 from ..model.load import build_model
-from ..recipe import StageCfg
+from ..plan import SourceSize, seen
+from ..recipe import StageCfg, budget_tokens
 from ..schedules import Segment, step_lr
 from .step import StepResult, build_optimizer
 
@@ -61,10 +65,23 @@ def save_checkpoint(run, stage: Stage, name: str, lr: float, stage_tokens: int) 
     s.metrics_bytes = run.metrics.size()
     s.checkpoints_saved += 1
     t = stage_tokens
+    cursors = stage.mixture.cursors_after(s.stage_step) if s.stage_index == stage.index else s.cursors
     meta = {"seq": s.checkpoints_saved, "stage": stage.name, "stage_tokens": t, "tokens": s.tokens,
             "global_step": s.global_step, "lr": lr, "phase": stage.segment.phase(t),
-            "recipe_hash": run.recipe_hash, "train_state": s.state_dict()}
+            "data_seen": data_seen(run, cursors), "recipe_hash": run.recipe_hash, "train_state": s.state_dict()}
     run.checkpoints.save(name, run.model, run.optimizer, meta)
+
+
+def data_seen(run, cursors: dict[str, int]) -> dict[str, dict]:
+    """Per stream, what training has read so far: samples, tokens, unique and repeated tokens,
+    epochs. A buffer version is its own stream (`buffer@v2`)."""
+    out = {}
+    for name, n in sorted(cursors.items()):
+        stream = run.data.stream(name)
+        unique, repeated = seen(n, SourceSize(stream.samples_per_epoch, stream.epoch_tokens, distinct=stream.distinct_tokens), run.recipe.seq_len)
+        out[name] = {"samples": n, "tokens": unique + repeated, "unique_tokens": unique,
+                     "repeated_tokens": repeated, "epochs": n / stream.samples_per_epoch}
+    return out
 
 
 def enter_stage(run, stage: Stage) -> None:
@@ -82,10 +99,12 @@ def enter_stage(run, stage: Stage) -> None:
         save_checkpoint(run, stage, f"{stage.name}@pre-cooldown", stage.segment.lr(0), 0)
 
 
-def after_step(run, stage: Stage, result: StepResult, lr: float, seconds: float) -> None:
+def after_step(run, stage: Stage, result: StepResult, lr: float, seconds: float, tokens: torch.Tensor) -> None:
     r, s = run.recipe, run.state
+    # a fingerprint of the batch: two runs saw the same samples in the same order iff these agree
+    crc = zlib.crc32(tokens.cpu().numpy().tobytes())
     run.metrics.write({"kind": "train", "stage": stage.name, "step": s.global_step, "tokens": s.tokens,
-                       "lr": lr, "loss": result.loss, "grad_norm": result.grad_norm,
+                       "batch_crc32": crc, "lr": lr, "loss": result.loss, "grad_norm": result.grad_norm,
                        "tokens_per_s": r.batch_tokens / max(seconds, 1e-9)})
     last = s.stage_step == stage.steps
     if r.eval.every_tokens and _crossed(s.tokens, r.batch_tokens, r.eval.every_tokens) and not last:
@@ -102,11 +121,15 @@ def end_stage(run, stage: Stage) -> None:
     run_eval(run, stage, "end")
     s = run.state
     s.cursors = stage.mixture.cursors_after()
+    run.metrics.write({"kind": "data", "stage": stage.name, "tokens": s.tokens, "data_seen": data_seen(run, s.cursors)})
     add = stage.cfg.buffer_add
     if add is not None:
-        src = run.data.sources[add.source]
+        src, r = run.data.sources[add.source], run.recipe
+        score = partial(document_losses, run.model, seq_len=r.seq_len, device=run.device,
+                        batch_size=r.micro_batch, autocast=run.autocast)
         s.buffer_version = run.data.buffer.add(s.buffer_version, stage.name, add.source, src.stream.shard,
-                                               src.train_ids, add.tokens, run.recipe.seed)
+                                               src.train_ids, budget_tokens(add, src.stream.epoch_tokens), r.seed,
+                                               policy=add.policy, pool=add.pool, score=score)
     s.stage_index, s.stage_step, s.entered = stage.index + 1, 0, False
     save_checkpoint(run, stage, f"{stage.name}@final", stage.segment.end_lr, stage.segment.total)
 

@@ -118,6 +118,37 @@ def test_bad_index_header_is_refused(tmp_path):
         Shard(prefix)
 
 
+@pytest.mark.parametrize("damage", ["pointer", "doc_idx", "negative_length"])
+def test_index_whose_sizes_do_not_add_up_is_refused(tmp_path, damage):
+    """A header that reads fine but arrays that disagree (a foreign or damaged index) would read
+    the wrong tokens; it is refused naming the file."""
+    prefix = write_shard(tmp_path / "s", DOCS, np.uint16)
+    idx = Path(f"{prefix}.idx")
+    data = bytearray(idx.read_bytes())
+    n = len(DOCS)
+    lengths_at, pointers_at = 34, 34 + 4 * n
+    doc_idx_at = pointers_at + 8 * n
+    if damage == "pointer":
+        data[pointers_at + 8 : pointers_at + 16] = np.int64(2).tobytes()  # second document starts too early
+    elif damage == "doc_idx":
+        data[doc_idx_at + 8 * n : doc_idx_at + 8 * n + 8] = np.int64(n + 5).tobytes()
+    else:
+        data[lengths_at : lengths_at + 4] = np.int32(-3).tobytes()
+    idx.write_bytes(bytes(data))
+    with pytest.raises(CptError, match=r"s\.idx: .*do not add up|s\.bin: expected"):
+        Shard(prefix)
+
+
+def test_prefix_shard_too_narrow_for_the_tokenizer_is_refused(tmp_path):
+    from cpt.data.tokenize import _existing_shard
+
+    prefix = write_shard(tmp_path / "s", DOCS, np.uint16)
+    Path(f"{prefix}.json").write_text('{"tokenizer": {"fingerprint": "abc"}}')
+    assert _existing_shard("old", prefix, "abc", 50_000).prefix == str(prefix)
+    with pytest.raises(CptError, match="sources.old.prefix: .*uint16 tokens but the tokenizer has 70,000 ids"):
+        _existing_shard("old", prefix, "abc", 70_000)
+
+
 def test_missing_index_is_refused(tmp_path):
     with pytest.raises(CptError, match="not found"):
         Shard(tmp_path / "nothing")

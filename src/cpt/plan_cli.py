@@ -55,7 +55,7 @@ def source_sizes(recipe: Recipe, out: Path | None) -> dict[str, SourceSize]:
     sizes = {}
     for name, src in recipe.sources.items():
         if src.prefix is not None:
-            shard = Shard(_existing_shard(name, src.prefix, fp).prefix)
+            shard = Shard(_existing_shard(name, src.prefix, fp, len(tokenizer)).prefix)
         elif shard_dir is not None:  # hashing the inputs finds their cached shard
             key = content_key(fp, [input_record(p) for p in src.paths], src)
             prefix = shard_dir / f"{name}.{key}"

@@ -68,7 +68,7 @@ def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path,
     With `expect_key` (a resumed run), a source whose content changed is refused before any work."""
     fp = tokenizer_fingerprint(tokenizer)
     if src.prefix is not None:
-        shard = _existing_shard(name, src.prefix, fp)
+        shard = _existing_shard(name, src.prefix, fp, len(tokenizer))
         _check_key(name, shard.key, expect_key)
         return shard
     inputs = [input_record(p) for p in src.paths]
@@ -188,7 +188,7 @@ def _batches(docs: Iterator[str]) -> Iterator[tuple[list[str], int]]:
         yield batch, size
 
 
-def _existing_shard(name: str, prefix: Path, fingerprint: str) -> TokenizedSource:
+def _existing_shard(name: str, prefix: Path, fingerprint: str, vocab_size: int | None = None) -> TokenizedSource:
     meta_path = Path(f"{prefix}.json")
     if not meta_path.is_file():
         raise CptError(f"sources.{name}.prefix: {meta_path} not found; cpt needs the shard's metadata "
@@ -201,7 +201,10 @@ def _existing_shard(name: str, prefix: Path, fingerprint: str) -> TokenizedSourc
     if theirs != fingerprint:
         raise CptError(f"sources.{name}.prefix: {prefix} was tokenized with another tokenizer "
                        f"(fingerprint {theirs}, recipe's is {fingerprint}); re-tokenize it or use `paths:`")
-    Shard(prefix)  # validates the files
+    shard = Shard(prefix)  # validates the files
+    if vocab_size is not None and shard.dtype.kind == "u" and vocab_size - 1 > np.iinfo(shard.dtype).max:
+        raise CptError(f"sources.{name}.prefix: {prefix}.bin holds {shard.dtype.name} tokens but the tokenizer has "
+                       f"{vocab_size:,} ids; its ids cannot fit, so the shard is not this tokenizer's: re-tokenize it")
     return TokenizedSource(name, str(prefix), meta.get("key", fingerprint), meta)
 
 

@@ -78,10 +78,15 @@ def plan_stages(recipe: Recipe, segments: list[Segment], sizes: dict[str, Source
                                        after / size.samples_per_epoch))
         cursors = mixture.cursors_after()
         if st.buffer_add is not None:
-            buffer_tokens += budget_tokens(st.buffer_add, sizes[st.buffer_add.source].tokens)
+            buffer_tokens += budget_tokens(st.buffer_add, _distinct(sizes[st.buffer_add.source]))
             version += 1
         plans.append(plan)
     return plans
+
+
+def _distinct(size: SourceSize) -> int:
+    """A buffer's fraction is of the source's documents, each counted once (not upsampled copies)."""
+    return size.tokens if size.distinct is None else size.distinct
 
 
 def _buffer_size(tokens: int, seq_len: int) -> SourceSize:
@@ -117,7 +122,7 @@ def format_plan(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, SourceS
                      + ("" if size.exact else " (estimated from a sample; not tokenized yet)"))
     for st, plan in zip(recipe.stages, plans):
         add = st.buffer_add
-        extra = (f"; then {budget_tokens(add, sizes[add.source].tokens):,} tokens of {add.source} -> buffer "
+        extra = (f"; then {budget_tokens(add, _distinct(sizes[add.source])):,} tokens of {add.source} -> buffer "
                  f"({add.policy})" if add else "")
         lines.append(f"stage {plan.name}: {plan.steps} steps, {plan.tokens:,} tokens, init {st.init}, "
                      f"lr {plan.lr_start:.3g} -> {plan.lr_end:.3g} ({plan.schedule}){extra}")

@@ -78,7 +78,8 @@ def data_seen(run, cursors: dict[str, int]) -> dict[str, dict]:
     out = {}
     for name, n in sorted(cursors.items()):
         stream = run.data.stream(name)
-        unique, repeated = seen(n, SourceSize(stream.samples_per_epoch, stream.epoch_tokens, distinct=stream.distinct_tokens), run.recipe.seq_len)
+        size = SourceSize(stream.samples_per_epoch, stream.epoch_tokens, distinct=stream.distinct_tokens)
+        unique, repeated = seen(n, size, run.recipe.seq_len)
         out[name] = {"samples": n, "tokens": unique + repeated, "unique_tokens": unique,
                      "repeated_tokens": repeated, "epochs": n / stream.samples_per_epoch}
     return out
@@ -128,7 +129,7 @@ def end_stage(run, stage: Stage) -> None:
         score = partial(document_losses, run.model, seq_len=r.seq_len, device=run.device,
                         batch_size=r.micro_batch, autocast=run.autocast)
         s.buffer_version = run.data.buffer.add(s.buffer_version, stage.name, add.source, src.stream.shard,
-                                               src.train_ids, budget_tokens(add, src.stream.epoch_tokens), r.seed,
+                                               src.train_ids, budget_tokens(add, src.stream.distinct_tokens), r.seed,
                                                policy=add.policy, pool=add.pool, score=score)
     s.stage_index, s.stage_step, s.entered = stage.index + 1, 0, False
     save_checkpoint(run, stage, f"{stage.name}@final", stage.segment.end_lr, stage.segment.total)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .data import mixlists, tokenize_cli
-from . import plan_cli
+from . import plan_cli, schedule_cli
 from .errors import CptError
 
 RUN_HELP = """Run a whole multi-stage continual pre-training plan from one recipe.
@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     plan_cli.add_parser(sub)
+    schedule_cli.add_parser(sub)
     tokenize_cli.add_parser(sub)
     mixlists.add_parser(sub)
     return p
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args.out)
         else:
-            return {"plan": plan_cli, "tokenize": tokenize_cli, "mix": mixlists}[args.command].run(args)
+            return {"plan": plan_cli, "schedule": schedule_cli, "tokenize": tokenize_cli, "mix": mixlists}[args.command].run(args)
     except CptError as e:
         print("cpt: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, always
         return 2

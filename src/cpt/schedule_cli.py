@@ -1,0 +1,84 @@
+"""`cpt schedule RECIPE`: the whole plan's LR, per stage and per optimizer step, from the same
+segments that drive training (no model, no data)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+from .fileio import write_bytes_atomic, write_text_atomic
+from .recipe import Recipe, load_recipe
+from .schedules import plan_segments, step_lr
+
+HELP = """Print each stage's LR segment (kind, start LR, peak, warmup, decay start, floor, shape,
+LR at the end). --csv FILE writes one row per optimizer step: stage,step,tokens,lr (step and
+tokens cumulative over the plan; lr is the LR that step runs at, the LR of the token count it
+completes). --plot FILE.png draws LR against tokens with stage boundaries. The numbers are the
+ones training uses. A stage whose init: is a checkpoint folder starts at the LR stored with it."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("schedule", help="the plan's LR per stage and per step (csv, plot)", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", type=Path, help="recipe YAML file")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="write stage,step,tokens,lr per optimizer step")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw LR against tokens")
+    return p
+
+
+def lr_rows(recipe: Recipe, segments) -> list[tuple[str, int, int, float]]:
+    """(stage, global step, cumulative tokens after the step, LR of the step) for every step."""
+    rows, step = [], 0
+    for st, seg in zip(recipe.stages, segments):
+        for k in range(recipe.stage_steps(st)):
+            step += 1
+            rows.append((st.name, step, step * recipe.batch_tokens, step_lr(seg, k, recipe.batch_tokens)))
+    return rows
+
+
+def run(args) -> int:
+    from .build import init_lrs
+
+    recipe = load_recipe(args.recipe)
+    segments = plan_segments(recipe, init_lrs(recipe))
+    for st, seg in zip(recipe.stages, segments):
+        decay = "never" if seg.decay_start is None else f"{seg.decay_start:,}"
+        print(f"{st.name}: {seg.kind}, {seg.total:,} tokens, starts at {seg.start_lr:.6g}, peak {seg.peak:.6g}, "
+              f"warmup {seg.warmup:,} tokens, decay from {decay} to {seg.floor:.6g} ({seg.shape}), "
+              f"ends at {seg.end_lr:.6g}")
+    rows = lr_rows(recipe, segments)
+    if args.csv:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["stage", "step", "tokens", "lr"])
+        writer.writerows((s, k, t, repr(lr)) for s, k, t, lr in rows)
+        write_text_atomic(args.csv, buf.getvalue())
+        print(f"wrote {len(rows):,} steps to {args.csv}")
+    if args.plot:
+        write_bytes_atomic(args.plot, _plot(recipe, rows))
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot(recipe: Recipe, rows) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot([t for _, _, t, _ in rows], [lr for *_, lr in rows], lw=1.5)
+    edge = 0
+    for st in recipe.stages:
+        ax.axvline(edge, color="grey", lw=0.6, ls=":")
+        ax.text(edge, 1.0, f" {st.name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        edge += recipe.stage_steps(st) * recipe.batch_tokens
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("learning rate")
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=120)
+    plt.close(fig)
+    return out.getvalue()

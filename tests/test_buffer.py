@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cpt.data.buffer import ReplayBuffer, document_losses, length_quartiles
+from cpt.data.buffer import ReplayBuffer, length_quartiles
+from cpt.eval.document_loss import document_losses
 from cpt.data.shards import Shard, ShardWriter
 from cpt.recipe import BufferAddCfg, budget_tokens, load_recipe
 import test_recipe

@@ -7,14 +7,11 @@ records the version it saw; resuming uses that version and an add is rewritten i
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..errors import CptError
 from ..fileio import write_json_atomic
@@ -44,7 +41,8 @@ class ReplayBuffer:
             score: Callable[[list[np.ndarray]], np.ndarray] | None = None) -> int:
         """Write version `version + 1`: the buffer at `version` plus `tokens` tokens of documents
         from `doc_ids` of `shard`, in the order `policy` gives (seeded by stage). `hard` needs
-        `score` (documents -> mean loss each, e.g. `document_losses` bound to the model).
+        `score` (documents -> mean loss each, e.g. `eval.document_loss.document_losses` bound
+        to the model).
         Returns the new version."""
         self.root.mkdir(parents=True, exist_ok=True)
         rng = generator(seed, "buffer", stage)
@@ -141,37 +139,3 @@ def hard_order(doc_ids: np.ndarray, shard: Shard, tokens: int, pool: float, rng:
     losses = np.asarray(score([shard[int(i)] for i in candidates]), dtype=np.float64)
     by_loss = np.argsort(-losses, kind="stable")
     return candidates[by_loss], losses[by_loss]
-
-
-@torch.no_grad()
-def document_losses(model: torch.nn.Module, docs: Sequence[np.ndarray], seq_len: int, device,
-                    batch_size: int, autocast: Callable = contextlib.nullcontext) -> np.ndarray:
-    """Mean next-token loss of each document under `model` (its first `seq_len` tokens when
-    longer than the window); a document of one token has nothing to predict and scores 0.
-    Documents go in batches of similar length, right-padded, with the padding masked out of
-    the loss; the model runs in eval mode and gets its previous mode back."""
-    out = np.zeros(len(docs), dtype=np.float64)
-    cut = [np.asarray(d[:seq_len], dtype=np.int64) for d in docs]
-    idx = [i for i in np.argsort([-len(d) for d in cut], kind="stable") if len(cut[i]) >= 2]
-    was_training = model.training
-    model.eval()
-    try:
-        for b in range(0, len(idx), batch_size):
-            part = idx[b : b + batch_size]
-            width = len(cut[part[0]])
-            ids = torch.zeros(len(part), width, dtype=torch.long)
-            mask = torch.zeros(len(part), width, dtype=torch.bool)
-            for row, i in enumerate(part):
-                ids[row, : len(cut[i])] = torch.from_numpy(cut[i])
-                mask[row, : len(cut[i])] = True
-            ids, mask = ids.to(device), mask.to(device)
-            # right padding: a causal model's real positions never attend to the padding after them
-            with autocast():
-                logits = model(input_ids=ids).logits[:, :-1].float()
-            loss = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            valid = mask[:, 1:]
-            mean = (loss * valid).sum(1) / valid.sum(1)
-            out[part] = mean.cpu().numpy()
-    finally:
-        model.train(was_training)
-    return out

@@ -10,7 +10,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from ..data.buffer import document_losses
+from ..eval.document_loss import document_losses
 from ..data.mixture import StageMixture
 from ..eval.validation import evaluate
 from ..model.load import build_model

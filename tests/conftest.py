@@ -18,9 +18,9 @@ def shared() -> Path:
     return SHARED
 
 
-def small_recipe(tmp_path: Path, shared: Path, stages: str):
+def small_recipe(tmp_path: Path, shared: Path, stages: str, header: str = ""):
     """A validated recipe over the shared corpora (stories, wiki, math): 64-token samples,
-    256 tokens a step, lr 1e-3, and the given YAML `stages:` block."""
+    256 tokens a step, lr 1e-3, and the given YAML `stages:` block (plus top-level `header` lines)."""
     from cpt.recipe import load_recipe
 
     path = tmp_path / "small.yaml"
@@ -34,6 +34,7 @@ sources:
   stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
   wiki: {{paths: [{shared}/corpora/en/wikipedia_en.txt], format: lines}}
   math: {{paths: [{shared}/corpora/math/gsm8k_train.jsonl], template: "{{question}}"}}
+{header}
 stages:
 {stages}""")
     return load_recipe(path)

@@ -62,7 +62,8 @@ def test_plan_numbers_follow_the_exact_mixture_and_cursors(tmp_path, shared):
 """
     recipe = load_recipe(recipe_file(tmp_path, shared, stages))
     sizes = {"stories": SourceSize(10_000, 640_000), "code": SourceSize(500, 32_000)}
-    plans = plan_stages(recipe, plan_segments(recipe), sizes)
+    segments = plan_segments(recipe)
+    plans = plan_stages(recipe, segments, sizes)
     first = StageMixture(["stories", "code"], [0.3, 0.7], 200, 4, {})
     second = StageMixture(["stories", "code", "buffer@v1"], [0.5, 0.25, 0.25], 100, 4, first.cursors_after())
     assert [u.samples for u in plans[0].uses] == list(first.counts().values())
@@ -75,9 +76,9 @@ def test_plan_numbers_follow_the_exact_mixture_and_cursors(tmp_path, shared):
     buf = plans[1].uses[2]  # 6,400 buffer tokens = 100 samples, read once over
     assert buf.samples == 100 and buf.unique == buf.tokens and np.isclose(buf.epochs_end, 1.0)
     def repeats(max_epochs):
-        return [w for w in plan_warnings(recipe, plans, sizes, max_epochs) if "times by the end" in w]
+        return [w for w in plan_warnings(recipe, segments, plans, sizes, max_epochs) if "times by the end" in w]
 
     assert repeats(1.5) == []
     assert len(repeats(1.2)) == 1 and "stage two: source `code` is read 1.3 times" in repeats(1.2)[0]
-    small = [w for w in plan_warnings(recipe, plans, sizes, 4.0) if "much smaller" in w]
+    small = [w for w in plan_warnings(recipe, segments, plans, sizes, 4.0) if "much smaller" in w]
     assert small == [w for w in small if w.startswith("stage one: new source `code` (32,000 tokens)")] and small

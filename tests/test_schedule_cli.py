@@ -58,3 +58,63 @@ def test_csv_matches_the_formulas_at_every_step(tmp_path, shared, capsys):
     assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "cool: cooldown, 25,600 tokens, starts at 0.002" in printed and "wrote 350 steps" in printed
+
+
+EVERY_KIND = """
+  - name: s1
+    tokens: 10240
+    mix: {stories: 1.0}
+    schedule: {kind: infinite, lr: 2.0e-3, warmup: 0.05, cooldown: 0.25, cooldown_shape: inv-sqrt, constant_lr: 5.0e-4}
+  - {name: s2, tokens: 5120, batch_tokens: 512, lr_scaling: sqrt, mix: {stories: 1.0}}
+  - name: s3
+    tokens: 5120
+    mix: {stories: 1.0}
+    schedule: {kind: linear, lr: 1.0e-3, warmup_steps: 2, min_lr: 1.0e-4}
+  - name: s4
+    tokens: 5120
+    mix: {stories: 1.0}
+    schedule: {kind: inverse-sqrt, lr: 1.0e-3, warmup: 0.1, min_lr: 4.0e-4}
+  - name: s5
+    tokens: 5120
+    mix: {stories: 1.0}
+    schedule: {kind: rewarm, lr: 1.5e-3, warmup: 0.1, shape: 1-sqrt, min_lr: 3.0e-4}
+  - {name: s6, tokens: 2560, mix: {stories: 1.0}, schedule: {kind: cooldown, shape: exponential, to: 1.0e-5}}
+  - {name: s7, tokens: 2560, mix: {stories: 1.0}, schedule: {kind: continue}}
+"""
+
+
+def every_kind(stage: str, n: int) -> float:
+    """Step n (1-based, within its stage) of each stage above, written out from the formulas."""
+    def h(u):
+        return 1 / math.sqrt(1 + 10 * u) - 1
+
+    if stage == "s1":  # warmup 2 steps, inv-sqrt cooldown to 5e-4 over 10, hold
+        return 2e-3 * n / 2 if n <= 2 else 2e-3 + (5e-4 - 2e-3) * h((n - 2) / 10) / h(1) if n <= 12 else 5e-4
+    if stage == "s2":  # holds s1's 5e-4 at twice the batch: x sqrt(2)
+        return 5e-4 * math.sqrt(2)
+    if stage == "s3":
+        return 1e-3 * n / 2 if n <= 2 else 1e-4 + (1e-3 - 1e-4) * (1 - (n - 2) / 18)
+    if stage == "s4":
+        return 1e-3 * n / 2 if n <= 2 else max(4e-4, 1e-3 * math.sqrt(2 / n))
+    if stage == "s5":  # from s4's end (4e-4), not from 0
+        return 4e-4 + (1.5e-3 - 4e-4) * n / 2 if n <= 2 else 3e-4 + 1.2e-3 * (1 - math.sqrt((n - 2) / 18))
+    m = n + (10 if stage == "s7" else 0)  # one exponential laid over s6 and s7
+    return 3e-4 * (1e-5 / 3e-4) ** (m / 20)
+
+
+def test_csv_matches_every_schedule_kind_across_boundaries(tmp_path, shared):
+    from conftest import small_recipe
+
+    small_recipe(tmp_path, shared, EVERY_KIND)
+    out = tmp_path / "lr.csv"
+    assert main(["schedule", str(tmp_path / "small.yaml"), "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["stage"] for r in rows] == [s for s, n in [("s1", 40), ("s2", 10), ("s3", 20), ("s4", 20), ("s5", 20),
+                                                         ("s6", 10), ("s7", 10)] for _ in range(n)]
+    n, tokens, last = 0, 0, None
+    for row in rows:
+        n = n + 1 if row["stage"] == last else 1
+        last = row["stage"]
+        tokens += 512 if last == "s2" else 256
+        assert int(row["tokens"]) == tokens
+        assert math.isclose(float(row["lr"]), every_kind(last, n), rel_tol=1e-9), row

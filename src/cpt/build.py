@@ -52,7 +52,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool) -> Run:
     out = Path(out)
     recipe_hash = hashlib.sha256(recipe_text.encode()).hexdigest()[:16]
     checkpoints = CheckpointManager(out / "checkpoints")
-    start_lrs = init_lrs(recipe)
+    segments = plan_segments(recipe)  # reads the LR stored with any `init:` checkpoint folder
     _prepare_out_dir(out, resume, recipe_hash, checkpoints)
     write_text_atomic(out / "recipe.yaml", recipe_text)
 
@@ -64,7 +64,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool) -> Run:
     return Run(
         recipe=recipe, out=out, tokenizer=tokenizer, model=model,
         optimizer=build_optimizer(model, recipe.optimizer), device=device, autocast=autocast_for(device),
-        data=data, validation=data.validation(), segments=plan_segments(recipe, start_lrs),
+        data=data, validation=data.validation(), segments=segments,
         checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl"), state=TrainState(),
         recipe_hash=recipe_hash,
     )
@@ -97,12 +97,3 @@ def _prepare_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: Che
     for name in _RESTARTABLE:  # no checkpoint: nothing trained yet is kept; shards are a cache
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-
-
-def init_lrs(recipe: Recipe) -> dict[int, float]:
-    """The LR stored with every checkpoint folder named by an `init:`: its stage continues from it."""
-    lrs = {}
-    for i, st in enumerate(recipe.stages):
-        if st.init_path is not None:
-            lrs[i] = CheckpointManager.read_meta(st.init_path).get("lr", recipe.optimizer.lr)
-    return lrs

@@ -8,12 +8,24 @@ estimate — except where a source's size itself is estimated because it is not 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from .data.mixture import StageMixture
 from .recipe import BUFFER, Recipe, budget_tokens
 from .report.summary import source_roles
-from .schedules import Segment, step_lr
+from .schedules import ConstantSchedule, InfiniteSchedule, Segment, WSDSchedule, step_lr
+
+# schedules that hold the LR a stage inherits (when they name no `lr`) instead of warming or decaying
+HOLDING = (ConstantSchedule, WSDSchedule, InfiniteSchedule)
+
+
+def checkpoint_phase(path) -> str | None:
+    """The schedule phase stored with a checkpoint folder (warmup, hold, decay, converged)."""
+    try:
+        return json.loads((path / "meta.json").read_text()).get("phase")
+    except (OSError, ValueError):
+        return None
 
 SMALL_NEW = 0.25  # the cookbook: a new dataset "considerably smaller" than the data before it
 HEAVY_NEW = 0.5  # ...that still carries most of the stage's weight
@@ -45,7 +57,9 @@ class StagePlan:
     tokens: int
     lr_start: float
     lr_end: float
-    schedule: str
+    schedule: str  # the segment in words
+    batch: int  # tokens per step
+    scale: float  # lr_scaling factor on the inherited LR
     uses: list[SourceUse] = field(default_factory=list)
 
 
@@ -66,10 +80,10 @@ def plan_stages(recipe: Recipe, segments: list[Segment], sizes: dict[str, Source
     plans = []
     for st, seg in zip(recipe.stages, segments):
         streams = [f"{BUFFER}@v{version}" if n == BUFFER else n for n in st.mix]
-        steps = recipe.stage_steps(st)
-        mixture = StageMixture(streams, list(st.mix.values()), steps, recipe.samples_per_step, cursors)
-        plan = StagePlan(st.name, steps, steps * recipe.batch_tokens, step_lr(seg, 0, recipe.batch_tokens),
-                         seg.end_lr, seg.kind)
+        steps, batch = recipe.stage_steps(st), recipe.stage_batch(st)
+        mixture = StageMixture(streams, list(st.mix.values()), steps, recipe.stage_samples(st), cursors)
+        plan = StagePlan(st.name, steps, steps * batch, step_lr(seg, 0, batch), seg.end_lr,
+                         f"{seg.kind}: {seg.describe()}", batch, seg.scale)
         for name, stream, (w, n) in zip(st.mix, streams, zip(st.mix.values(), mixture.counts().values())):
             size = sizes[name] if name != BUFFER else _buffer_size(buffer_tokens, recipe.seq_len)
             before, after = cursors.get(stream, 0), cursors.get(stream, 0) + n
@@ -93,9 +107,9 @@ def _buffer_size(tokens: int, seq_len: int) -> SourceSize:
     return SourceSize(max(1, tokens // seq_len), tokens)
 
 
-def plan_warnings(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, SourceSize],
+def plan_warnings(recipe: Recipe, segments: list[Segment], plans: list[StagePlan], sizes: dict[str, SourceSize],
                   max_epochs: float) -> list[str]:
-    out = []
+    out = start_point_warnings(recipe, segments)
     for plan in plans:
         for use in plan.uses:
             if use.epochs_end > max_epochs:
@@ -114,6 +128,35 @@ def plan_warnings(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, Sourc
     return out
 
 
+def start_point_warnings(recipe: Recipe, segments: list[Segment]) -> list[str]:
+    """The cookbook's first rule: continue from a checkpoint at LR_max, before any cooldown. A stage
+    that holds the LR it inherits, starting from a cooled-down point, would hold the decayed LR."""
+    out = []
+    for i, (st, seg) in enumerate(zip(recipe.stages, segments)):
+        holds = isinstance(st.schedule, HOLDING) and getattr(st.schedule, "lr", None) is None
+        if not holds or st.init == "base" or (i == 0 and st.init == "previous"):
+            continue
+        if st.init_path is not None:
+            phase = checkpoint_phase(st.init_path)
+            pre = st.init_path.parent / f"{st.init_path.name.split('@')[0]}@pre-cooldown"
+            instead = f"init: {pre}" if (pre / "meta.json").is_file() else "the checkpoint taken before its cooldown"
+            origin = str(st.init_path)
+        else:
+            j = i - 1 if st.init == "previous" else recipe.stage_index(st.init_ref[0])
+            if st.init_ref is not None and st.init_ref[1] == "pre-cooldown":
+                continue
+            src = segments[j]
+            phase = src.phase(src.total)
+            name = recipe.stages[j].name
+            instead = f"init: {name}@pre-cooldown" if src.decay_start is not None else "a point before the decay"
+            origin = f"{name}@final"
+        if phase in ("decay", "converged"):
+            out.append(f"stage {st.name}: continues at the held LR ({seg.start_lr:.3g}) but starts from {origin}, "
+                       f"which is {phase} (cooled down); start from the checkpoint at LR_max instead ({instead}), "
+                       "or rewarm (schedule kind rewarm / strategy5)")
+    return out
+
+
 def format_plan(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, SourceSize], warnings: list[str]) -> str:
     lines = [f"{len(plans)} stage(s); {recipe.batch_tokens:,} tokens per step "
              f"({recipe.accum_steps} x {recipe.micro_batch} x {recipe.seq_len})", "sources (training tokens):"]
@@ -125,7 +168,14 @@ def format_plan(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, SourceS
         extra = (f"; then {budget_tokens(add, _distinct(sizes[add.source])):,} tokens of {add.source} -> buffer "
                  f"({add.policy})" if add else "")
         lines.append(f"stage {plan.name}: {plan.steps} steps, {plan.tokens:,} tokens, init {st.init}, "
-                     f"lr {plan.lr_start:.3g} -> {plan.lr_end:.3g} ({plan.schedule}){extra}")
+                     f"lr {plan.lr_start:.3g} -> {plan.lr_end:.3g}{extra}")
+        if st.strategy is not None:
+            params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in st.strategy.model_dump().items() if k != "name" and v is not None)
+            lines.append(f"    from strategy {st.strategy.name}" + (f" ({params})" if params else ""))
+        if plan.batch != recipe.batch_tokens or plan.scale != 1:
+            lines.append(f"    batch {plan.batch:,} tokens per step; inherited LR x {plan.scale:.4g} ({st.lr_scaling})")
+        lines.append(f"    lr {plan.schedule}")
         for u in plan.uses:
             lines.append(f"    {u.name:<12} w {u.weight:<6g} {u.tokens:>14,} tokens  {u.unique:>14,} unique  "
                          f"{u.repeated:>14,} repeated  {u.epochs_end:6.2f} epochs at end")

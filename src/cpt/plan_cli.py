@@ -41,8 +41,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     recipe = load_recipe(args.recipe)
     sizes = source_sizes(recipe, args.out)
-    plans = plan_stages(recipe, plan_segments(recipe), sizes)  # init: folders start at optimizer.lr here
-    print(format_plan(recipe, plans, sizes, plan_warnings(recipe, plans, sizes, args.max_epochs or recipe.max_epochs)))
+    segments = plan_segments(recipe)
+    plans = plan_stages(recipe, segments, sizes)
+    warnings = plan_warnings(recipe, segments, plans, sizes, args.max_epochs or recipe.max_epochs)
+    print(format_plan(recipe, plans, sizes, warnings))
     return 0
 
 

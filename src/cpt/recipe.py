@@ -11,12 +11,16 @@ import math
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, AfterValidator
+from pydantic import Field, ValidationError, ValidationInfo, AfterValidator
 
+from . import presets
+from .config import Strict
 from .errors import RecipeError
+from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, Schedule, ConstantSchedule, Segment, decays,
+                        plan_segments)
 
 BUFFER = "buffer"  # the reserved mix name of the replay buffer B
 
@@ -29,10 +33,6 @@ def _relative_to_recipe(value: Path, info: ValidationInfo) -> Path:
 
 
 RelPath = Annotated[Path, AfterValidator(_relative_to_recipe)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelCfg(Strict):
@@ -86,50 +86,6 @@ class ValidationCfg(Strict):
     tokens_per_source: int = Field(20_000, gt=0)
 
 
-Shape = Literal["linear", "cosine", "1-sqrt"]
-Fraction = Annotated[float, Field(ge=0, lt=1)]
-
-
-class ConstantSchedule(Strict):
-    """Warm up (from 0, over `warmup` of the stage's tokens) to `lr`, then hold. Without `lr`
-    a later stage continues at the LR where it starts, so an infinite schedule never rewarms."""
-
-    kind: Literal["constant"]
-    warmup: Fraction = 0.0
-    lr: float | None = Field(None, gt=0)
-
-
-class CosineSchedule(Strict):
-    kind: Literal["cosine"]
-    warmup: Fraction = 0.0
-    lr: float | None = Field(None, gt=0)
-    min_lr: float | None = Field(None, ge=0)  # default 0.1 x peak (Ibrahim et al. 2024)
-
-
-class WSDSchedule(Strict):
-    """Warmup, hold, then decay over the last `decay` fraction of the stage to `min_lr`."""
-
-    kind: Literal["wsd"]
-    warmup: Fraction = 0.0
-    lr: float | None = Field(None, gt=0)
-    decay: Annotated[float, Field(gt=0, le=1)] = 0.2  # Hagele et al. 2024: ~20% is the plateau
-    shape: Shape = "1-sqrt"
-    min_lr: float = Field(0.0, ge=0)
-
-
-class CooldownSchedule(Strict):
-    """From the LR where the stage starts down to `to` over the whole stage."""
-
-    kind: Literal["cooldown"]
-    shape: Shape = "1-sqrt"
-    to: float = Field(0.0, ge=0)
-
-
-Schedule = Annotated[
-    Union[ConstantSchedule, CosineSchedule, WSDSchedule, CooldownSchedule], Field(discriminator="kind")
-]
-
-
 class BufferAddCfg(Strict):
     """At the stage's end, copy documents of `source` into the replay buffer. The budget is exactly
     one of `tokens` or `fraction` (of the source's training tokens); `policy` picks the documents:
@@ -153,8 +109,14 @@ def budget_tokens(cfg: BufferAddCfg, source_train_tokens: int) -> int:
 class StageCfg(Strict):
     name: str
     tokens: int = Field(gt=0)
-    mix: dict[str, float]
+    mix: dict[str, float] | None = None  # required unless `strategy` sets it
+    strategy: presets.Strategy | None = None  # a cookbook preset; expands when the recipe loads
     schedule: Schedule = ConstantSchedule(kind="constant")
+    batch_tokens: int | None = Field(None, gt=0)  # this stage's optimizer step, if not the recipe's
+    # the LR a stage inherits is scaled by sqrt(k) or k when its batch is k x its starting point's
+    lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
+    # AdamW moments at the stage start: kept, fresh, or fresh only for newly trainable parameters
+    optimizer_state: Literal["keep", "reset", "reset-new"] = "keep"
     buffer_add: BufferAddCfg | None = None
     # previous | base | <stage>@final | <stage>@pre-cooldown | a checkpoint folder
     init: str = "previous"
@@ -218,9 +180,19 @@ class Recipe(Strict):
     def accum_steps(self) -> int:
         return self.batch_tokens // (self.seq_len * self.micro_batch)
 
+    def stage_batch(self, stage: StageCfg) -> int:
+        """Tokens per optimizer step in a stage."""
+        return stage.batch_tokens or self.batch_tokens
+
+    def stage_samples(self, stage: StageCfg) -> int:
+        return self.stage_batch(stage) // self.seq_len
+
+    def stage_accum(self, stage: StageCfg) -> int:
+        return self.stage_batch(stage) // (self.seq_len * self.micro_batch)
+
     def stage_steps(self, stage: StageCfg) -> int:
         """Optimizer steps of a stage: its token budget rounded down to whole steps."""
-        return stage.tokens // self.batch_tokens
+        return stage.tokens // self.stage_batch(stage)
 
     def stage_index(self, name: str) -> int:
         return [s.name for s in self.stages].index(name)
@@ -253,6 +225,9 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(path, [_describe(err) for err in e.errors()]) from None
     recipe = _resolve_init_paths(recipe, path.resolve().parent)
     problems = check_recipe(recipe)
+    if not problems:  # presets expand into plain stages; then the LRs they imply are checked
+        recipe, problems = presets.expand(recipe)
+        problems = problems or check_recipe(recipe, expanded=True) or check_segments(recipe, plan_segments(recipe))
     if problems:
         raise RecipeError(path, problems)
     return recipe
@@ -287,7 +262,7 @@ def _describe(err: dict) -> str:
     for part in err["loc"]:
         if isinstance(part, int):
             loc += f"[{part}]"
-        elif part in ("constant", "cosine", "wsd", "cooldown") and loc.endswith("schedule"):
+        elif (part in KINDS and loc.endswith("schedule")) or (part in presets.NAMES and loc.endswith("strategy")):
             continue  # the discriminator tag adds nothing for the user
         else:
             loc += f".{part}" if loc else str(part)
@@ -302,8 +277,9 @@ def _describe(err: dict) -> str:
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def check_recipe(r: Recipe) -> list[str]:
-    """Cross-field checks that typed fields cannot express. Returns every problem found."""
+def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
+    """Cross-field checks that typed fields cannot express. Returns every problem found. Run once
+    as written and once `expanded` (presets replaced by their stages, whose mixes they set)."""
     problems: list[str] = []
     p = problems.append
 
@@ -351,9 +327,16 @@ def check_recipe(r: Recipe) -> list[str]:
             p(f"{where}.name: `{st.name}` must be letters, digits, `_`, `-` or `.`")
         if names.count(st.name) > 1 and names.index(st.name) == i:
             p(f"{where}.name: `{st.name}` is used by more than one stage")
-        if st.tokens < r.batch_tokens:
-            p(f"{where}.tokens: {st.tokens} is less than one optimizer step (batch_tokens = {r.batch_tokens})")
-        problems += _check_mix(r, st, where, buffer_filled)
+        batch = r.stage_batch(st)
+        if st.batch_tokens is not None and st.batch_tokens % unit:
+            p(f"{where}.batch_tokens: {st.batch_tokens} is not a multiple of seq_len x micro_batch = {unit}")
+        if st.tokens < batch:
+            p(f"{where}.tokens: {st.tokens} is less than one optimizer step (batch_tokens = {batch})")
+        preset = st.strategy is not None and not expanded
+        if preset:
+            problems += presets.check_stage(r, st, where, buffer_filled)
+        else:
+            problems += _check_mix(r, st, where, buffer_filled)
         problems += _check_schedule(r, i, where)
         if st.buffer_add is not None and st.buffer_add.source not in r.sources:
             p(f"{where}.buffer_add.source: unknown source `{st.buffer_add.source}`")
@@ -363,8 +346,13 @@ def check_recipe(r: Recipe) -> list[str]:
         elif st.buffer_add is not None and st.buffer_add.tokens is not None and st.buffer_add.tokens < r.seq_len:
             p(f"{where}.buffer_add.tokens: {st.buffer_add.tokens} is less than one sample (seq_len = {r.seq_len})")
         problems += _check_init(r, i, where)
+        if st.optimizer_state == "reset-new":  # every stage trains every parameter (no `trainable:` yet)
+            p(f"{where}.optimizer_state: reset-new gives fresh moments only to newly trainable parameters, but this "
+              "stage trains the same parameters as the one before; use keep or reset")
         for n in st.new or []:
-            if n not in st.mix:
+            if preset and n not in r.sources:
+                p(f"{where}.new: unknown source `{n}`")
+            elif not preset and n not in (st.mix or {}):
                 p(f"{where}.new: `{n}` is not in this stage's mix")
         buffer_filled = buffer_filled or st.buffer_add is not None
 
@@ -418,15 +406,47 @@ def _check_mix(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> list
 
 
 def _check_schedule(r: Recipe, i: int, where: str) -> list[str]:
-    s = r.stages[i].schedule
-    peak = getattr(s, "lr", None)
+    """What a schedule says about itself; LRs it inherits are checked by `check_segments`."""
+    st, s = r.stages[i], r.stages[i].schedule
+    w, problems = f"{where}.schedule", []
+    p = problems.append
+    if isinstance(s, ContinueSchedule):
+        if i == 0:
+            p(f"{w}: the first stage has no schedule to continue; give it one (constant, cosine, wsd, ...)")
+        elif st.init != "previous":
+            p(f"{where}.init: a stage that continues the previous schedule also continues its weights (init: previous)")
+        return problems
+    if "warmup" in s.model_fields_set and getattr(s, "warmup_steps", None) is not None:
+        p(f"{w}: give `warmup` (a fraction of the stage) or `warmup_steps`, not both")
+    used = getattr(s, "warmup", 0.0) + getattr(s, "decay", 0.0) + getattr(s, "cooldown", 0.0) + getattr(s, "anneal", 0.0)
+    if used > 1:
+        p(f"{w}: its phases (warmup, decay, cooldown, anneal) add up to {used:g} of the stage; at most 1")
+    if s.kind == "inverse-sqrt" and not (s.warmup or s.warmup_steps):
+        p(f"{w}.warmup: inverse-sqrt needs a warmup (its decay is peak x sqrt(warmup / t))")
+    floor_key = "to" if isinstance(s, CooldownSchedule) else "min_lr"
+    if getattr(s, "shape", None) == "exponential" and not getattr(s, floor_key):
+        p(f"{w}.{floor_key}: an exponential decay needs a positive final LR (it decays by a constant factor)")
+    if s.kind == "infinite" and s.anneal > 0 and not s.min_lr:
+        p(f"{w}.min_lr: the exponential anneal needs a positive final LR below constant_lr")
+    return problems
+
+
+def check_segments(r: Recipe, segments: list[Segment]) -> list[str]:
+    """LRs that only the composed plan knows: a floor above the LR it decays from (explicit or
+    inherited), a stage that would train at LR 0 throughout."""
     problems = []
-    if isinstance(s, CosineSchedule) and s.min_lr is not None and peak is not None and s.min_lr > peak:
-        problems.append(f"{where}.schedule.min_lr: {s.min_lr} is above the peak lr {peak}")
-    if isinstance(s, WSDSchedule) and peak is not None and s.min_lr > peak:
-        problems.append(f"{where}.schedule.min_lr: {s.min_lr} is above the peak lr {peak}")
-    if isinstance(s, WSDSchedule) and s.warmup + s.decay > 1:
-        problems.append(f"{where}.schedule: warmup {s.warmup} + decay {s.decay} exceed the stage (sum must be <= 1)")
+    for i, (st, seg) in enumerate(zip(r.stages, segments)):
+        if seg.offset:
+            continue  # a continued curve was checked with the stage that started it
+        for ph in seg.curve.phases:
+            if ph.name == "decay" and ph.end > ph.start and ph.lr_to > ph.lr_from * (1 + 1e-12):
+                problems.append(f"stages[{i}].schedule: the floor {ph.lr_to:g} is above the LR it decays from "
+                                f"({ph.lr_from:g}); lower min_lr / to / constant_lr, or raise lr")
+        first = r.stage_batch(st)  # the LR is monotone within a phase: its largest step is at an edge
+        edges = {min(max(t, first), seg.total) for ph in seg.curve.phases for t in (ph.start, ph.end)}
+        if max(seg.lr(t) for t in edges | {first}) <= 0:
+            problems.append(f"stages[{i}].schedule: the LR is 0 throughout (it continues from {seg.start_lr:g}); "
+                            "give the schedule a peak `lr`, or start from a checkpoint before the cooldown")
     return problems
 
 
@@ -442,7 +462,7 @@ def _check_init(r: Recipe, i: int, where: str) -> list[str]:
         if tag == "final":
             return []
         if tag == "pre-cooldown":
-            if isinstance(r.stages[r.stage_index(stage)].schedule, ConstantSchedule):
+            if not decays(r.stages[r.stage_index(stage)].schedule):
                 return [f"{where}.init: stage `{stage}` never decays its LR, so it has no pre-cooldown checkpoint"]
             return []
         return [f"{where}.init: unknown checkpoint tag `@{tag}` (use @final or @pre-cooldown)"]

@@ -12,8 +12,8 @@ from .fileio import write_bytes_atomic, write_text_atomic
 from .recipe import Recipe, load_recipe
 from .schedules import plan_segments, step_lr
 
-HELP = """Print each stage's LR segment (kind, start LR, peak, warmup, decay start, floor, shape,
-LR at the end). --csv FILE writes one row per optimizer step: stage,step,tokens,lr (step and
+HELP = """Print each stage's LR segment (kind, the LR it starts from, its phases, the LR at the
+end). --csv FILE writes one row per optimizer step: stage,step,tokens,lr (step and
 tokens cumulative over the plan; lr is the LR that step runs at, the LR of the token count it
 completes). --plot FILE.png draws LR against tokens with stage boundaries. The numbers are the
 ones training uses. A stage whose init: is a checkpoint folder starts at the LR stored with it."""
@@ -30,23 +30,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def lr_rows(recipe: Recipe, segments) -> list[tuple[str, int, int, float]]:
     """(stage, global step, cumulative tokens after the step, LR of the step) for every step."""
-    rows, step = [], 0
+    rows, step, tokens = [], 0, 0
     for st, seg in zip(recipe.stages, segments):
+        batch = recipe.stage_batch(st)
         for k in range(recipe.stage_steps(st)):
-            step += 1
-            rows.append((st.name, step, step * recipe.batch_tokens, step_lr(seg, k, recipe.batch_tokens)))
+            step, tokens = step + 1, tokens + batch
+            rows.append((st.name, step, tokens, step_lr(seg, k, batch)))
     return rows
 
 
 def run(args) -> int:
-    from .build import init_lrs
-
     recipe = load_recipe(args.recipe)
-    segments = plan_segments(recipe, init_lrs(recipe))
+    segments = plan_segments(recipe)
     for st, seg in zip(recipe.stages, segments):
-        decay = "never" if seg.decay_start is None else f"{seg.decay_start:,}"
-        print(f"{st.name}: {seg.kind}, {seg.total:,} tokens, starts at {seg.start_lr:.6g}, peak {seg.peak:.6g}, "
-              f"warmup {seg.warmup:,} tokens, decay from {decay} to {seg.floor:.6g} ({seg.shape}), "
+        scaled = f" (inherited LR x {seg.scale:.4g}, lr_scaling {st.lr_scaling})" if seg.scale != 1 else ""
+        print(f"{st.name}: {seg.kind}, {seg.total:,} tokens, starts at {seg.start_lr:.6g}{scaled}: {seg.describe()}; "
               f"ends at {seg.end_lr:.6g}")
     rows = lr_rows(recipe, segments)
     if args.csv:
@@ -74,7 +72,7 @@ def _plot(recipe: Recipe, rows) -> bytes:
     for st in recipe.stages:
         ax.axvline(edge, color="grey", lw=0.6, ls=":")
         ax.text(edge, 1.0, f" {st.name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
-        edge += recipe.stage_steps(st) * recipe.batch_tokens
+        edge += recipe.stage_steps(st) * recipe.stage_batch(st)
     ax.set_xlabel("tokens")
     ax.set_ylabel("learning rate")
     fig.tight_layout()

@@ -39,7 +39,7 @@ def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
         start = next(r for r in evals if r["stage"] == st.name and r["tag"] == "start")
         end = next(r for r in evals if r["stage"] == st.name and r["tag"] == "end")
         stages.append({"name": st.name, "tokens_start": start["tokens"], "tokens_end": end["tokens"],
-                       "steps": recipe.stage_steps(st), "mix": st.mix, "lr_start": step_lr(seg, 0, recipe.batch_tokens),
+                       "steps": recipe.stage_steps(st), "mix": st.mix, "lr_start": step_lr(seg, 0, recipe.stage_batch(st)),
                        "lr_end": seg.end_lr, "new_sources": new, "earlier_sources": earlier,
                        "val_loss_start": start["val_loss"], "val_loss_end": end["val_loss"],
                        "data_seen_end": data.get(st.name, {})})

@@ -40,7 +40,7 @@ def plan_stage(run, index: int) -> Stage:
     """The stage's schedule segment and its exact sample plan, from the cursors at its start."""
     r, st = run.recipe, run.recipe.stages[index]
     names = [run.data.stream_name(n, run.state.buffer_version) for n in st.mix]
-    mixture = StageMixture(names, list(st.mix.values()), r.stage_steps(st), r.samples_per_step, run.state.cursors)
+    mixture = StageMixture(names, list(st.mix.values()), r.stage_steps(st), r.stage_samples(st), run.state.cursors)
     return Stage(index, st, run.segments[index], r.stage_steps(st), mixture)
 
 
@@ -49,7 +49,7 @@ def batch(run, stage: Stage, step: int) -> torch.Tensor:
     r = run.recipe
     rows = [run.data.stream(name).sample(s) for name, s in stage.mixture.step(step)]
     tokens = torch.from_numpy(np.stack(rows).astype(np.int64))
-    return tokens.view(r.accum_steps, r.micro_batch, r.seq_len).to(run.device, non_blocking=True)
+    return tokens.view(r.stage_accum(stage.cfg), r.micro_batch, r.seq_len).to(run.device, non_blocking=True)
 
 
 def run_eval(run, stage: Stage, tag: str) -> dict[str, float]:
@@ -68,6 +68,7 @@ def save_checkpoint(run, stage: Stage, name: str, lr: float, stage_tokens: int) 
     cursors = stage.mixture.cursors_after(s.stage_step) if s.stage_index == stage.index else s.cursors
     meta = {"seq": s.checkpoints_saved, "stage": stage.name, "stage_tokens": t, "tokens": s.tokens,
             "global_step": s.global_step, "lr": lr, "phase": stage.segment.phase(t),
+            "batch_tokens": run.recipe.stage_batch(stage.cfg),
             "data_seen": data_seen(run, cursors), "recipe_hash": run.recipe_hash, "train_state": s.state_dict()}
     run.checkpoints.save(name, run.model, run.optimizer, meta)
 
@@ -94,6 +95,8 @@ def enter_stage(run, stage: Stage) -> None:
     elif init != "previous":
         path = run.checkpoints.path(init) if stage.cfg.init_ref else stage.cfg.init_path
         run.checkpoints.load(path, run.model, run.optimizer, rng=False)
+    if stage.cfg.optimizer_state == "reset":  # fresh AdamW moments and step count
+        run.optimizer = build_optimizer(run.model, run.recipe.optimizer)
     run.state.entered = True
     run_eval(run, stage, "start")
     if stage.segment.decay_start == 0:  # a stage that decays from its first step
@@ -101,19 +104,19 @@ def enter_stage(run, stage: Stage) -> None:
 
 
 def after_step(run, stage: Stage, result: StepResult, lr: float, seconds: float, tokens: torch.Tensor) -> None:
-    r, s = run.recipe, run.state
+    r, s, batch_tokens = run.recipe, run.state, run.recipe.stage_batch(stage.cfg)
     # a fingerprint of the batch: two runs saw the same samples in the same order iff these agree
     crc = zlib.crc32(tokens.cpu().numpy().tobytes())
     run.metrics.write({"kind": "train", "stage": stage.name, "step": s.global_step, "tokens": s.tokens,
                        "batch_crc32": crc, "lr": lr, "loss": result.loss, "grad_norm": result.grad_norm,
-                       "tokens_per_s": r.batch_tokens / max(seconds, 1e-9)})
+                       "tokens_per_s": batch_tokens / max(seconds, 1e-9)})
     last = s.stage_step == stage.steps
-    if r.eval.every_tokens and _crossed(s.tokens, r.batch_tokens, r.eval.every_tokens) and not last:
+    if r.eval.every_tokens and _crossed(s.tokens, batch_tokens, r.eval.every_tokens) and not last:
         run_eval(run, stage, "periodic")
-    t = s.stage_step * r.batch_tokens
+    t = s.stage_step * batch_tokens
     if t == stage.segment.decay_start:
         save_checkpoint(run, stage, f"{stage.name}@pre-cooldown", lr, t)
-    elif r.checkpoint.every_tokens and _crossed(s.tokens, r.batch_tokens, r.checkpoint.every_tokens) and not last:
+    elif r.checkpoint.every_tokens and _crossed(s.tokens, batch_tokens, r.checkpoint.every_tokens) and not last:
         save_checkpoint(run, stage, f"step-{s.global_step:07d}", lr, t)
 
 

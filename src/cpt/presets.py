@@ -1,0 +1,197 @@
+"""The cookbook's CPT strategies as stage presets: `strategy: replay` instead of a mix by hand.
+
+A stage with `strategy:` names its new data in `new:` (Di); D0 is the recipe's `base_sources`;
+B is the replay buffer. Each preset expands, when the recipe is loaded, into plain stages (a mix
+and a schedule), so training, `cpt plan` and `cpt schedule` see exactly what will run. A share of
+D0 or Di is split equally between the sources listed there.
+
+| preset | mix (D0 / Di / B) | schedule |
+|---|---|---|
+| naive | 0 / 1 / 0 | the stage's own (default: hold the LR where it starts) |
+| replay | alpha0 / 1 - alpha0 / 0 (alpha0 0.05) | the stage's own |
+| buffer-mix | A .33/.33/.34, B .05/.48/.47, C 0/.10/.90 | the stage's own |
+| strategy4 | 1 / 0 / 0 until the LR reaches switch_at, then alpha0 / 1 - alpha0 / 0 | decay from the start LR to LR/N |
+| strategy5 | alpha0 / 1 - alpha0 / 0 | rewarm to `peak`, re-decay |
+| cooldown-mix | A .33/.33/.34, B .05/.47/.48 | cooldown to `to` |
+| rewarm-replay | alpha0 / 1 - alpha0 / 0 (alpha0 0.05) | rewarm to `peak`, re-decay (Ibrahim et al.) |
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal, Union
+
+from pydantic import BeforeValidator, Field
+
+from .config import Strict
+from .schedules import (ContinueSchedule, CooldownSchedule, Fraction, PositiveLR, RewarmSchedule, Segment,
+                        Shape, plan_segments, step_lr)
+
+if TYPE_CHECKING:
+    from .recipe import Recipe, StageCfg
+
+BUFFER_MIXES = {"A": (0.33, 0.33, 0.34), "B": (0.05, 0.48, 0.47), "C": (0.0, 0.10, 0.90)}
+COOLDOWN_MIXES = {"A": (0.33, 0.33, 0.34), "B": (0.05, 0.47, 0.48)}
+Share = Annotated[float, Field(ge=0, le=1)]
+Weights = tuple[Share, Share, Share]
+
+
+class Naive(Strict):
+    name: Literal["naive"]
+
+
+class Replay(Strict):
+    name: Literal["replay"]
+    alpha0: Share = 0.05  # the cookbook: 0.05 is a safe start; 0.25-0.30 if forgetting shows
+
+
+class BufferMix(Strict):
+    name: Literal["buffer-mix"]
+    mix: Literal["A", "B", "C"] | Weights = "A"
+
+
+class Strategy4(Strict):
+    """From a pre-cooldown checkpoint: decay on D0 alone from the start LR to LR/N, and switch to
+    alpha0 D0 + (1 - alpha0) Di at the first step whose LR is at or below `switch_at` (default
+    LR/5), continuing the same decay (Parmar et al. 2024)."""
+
+    name: Literal["strategy4"]
+    N: float = Field(10.0, gt=1)
+    switch_at: PositiveLR | None = None
+    alpha0: Share = 0.7
+    shape: Shape = "cosine"
+
+
+class Strategy5(Strict):
+    """From a converged checkpoint: rewarm to `peak`, re-decay, with more pretraining data."""
+
+    name: Literal["strategy5"]
+    peak: PositiveLR
+    alpha0: Share
+    warmup: Fraction = 0.01
+
+
+class CooldownMix(Strict):
+    name: Literal["cooldown-mix"]
+    mix: Literal["A", "B"] | Weights = "A"
+    shape: Shape = "1-sqrt"
+    to: float = Field(0.0, ge=0)
+
+
+class RewarmReplay(Strict):
+    """For a model trained with a cosine to the end (Ibrahim et al. 2024): rewarm over `warmup` to
+    `peak`, cosine to 0.1 x peak, replaying alpha0 of D0."""
+
+    name: Literal["rewarm-replay"]
+    peak: PositiveLR
+    warmup: Fraction = 0.01
+    alpha0: Share = 0.05
+
+
+def _by_name(value):
+    """`strategy: naive` is short for `strategy: {name: naive}`."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+Strategy = Annotated[
+    Union[Naive, Replay, BufferMix, Strategy4, Strategy5, CooldownMix, RewarmReplay],
+    Field(discriminator="name"), BeforeValidator(_by_name),
+]
+NAMES = ("naive", "replay", "buffer-mix", "strategy4", "strategy5", "cooldown-mix", "rewarm-replay")
+SETS_SCHEDULE = (Strategy4, Strategy5, CooldownMix, RewarmReplay)
+
+
+def check_stage(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> list[str]:
+    """What a preset needs before it can expand: no hand-made mix, Di, D0, the buffer, weights."""
+    s, problems = st.strategy, []
+    p = problems.append
+    if st.mix is not None:
+        p(f"{where}.mix: the strategy `{s.name}` sets the mix; remove `mix` (or drop `strategy`)")
+    if isinstance(s, SETS_SCHEDULE) and "schedule" in st.model_fields_set:
+        p(f"{where}.schedule: the strategy `{s.name}` sets the schedule; remove `schedule`")
+    if not st.new:
+        p(f"{where}.new: the strategy `{s.name}` needs the stage's new data (Di): new: [source, ...]")
+    weights = _weights(s)
+    if weights[0] > 0 and not r.base_sources:
+        p(f"{where}.strategy: `{s.name}` replays D0; list the base model's data in `base_sources`")
+    if weights[2] > 0 and not buffer_filled:
+        p(f"{where}.strategy: `{s.name}` mixes in the replay buffer, which is empty here; "
+          "an earlier stage needs `buffer_add`")
+    if abs(sum(weights) - 1) > 1e-6:
+        p(f"{where}.strategy.mix: weights {list(weights)} sum to {sum(weights):g}; they must sum to 1")
+    return problems
+
+
+def _weights(s) -> tuple[float, float, float]:
+    """(alpha0, alphaD, alphaB) of the mix the preset trains on (after Strategy 4's switch)."""
+    if isinstance(s, Naive):
+        return 0.0, 1.0, 0.0
+    if isinstance(s, (BufferMix, CooldownMix)):
+        table = BUFFER_MIXES if isinstance(s, BufferMix) else COOLDOWN_MIXES
+        return table[s.mix] if isinstance(s.mix, str) else tuple(s.mix)
+    return s.alpha0, 1.0 - s.alpha0, 0.0
+
+
+def _mix(r: Recipe, st: StageCfg, weights: tuple[float, float, float]) -> dict[str, float]:
+    """Named weights: D0's share split over base_sources, Di's over `new`; zero shares dropped."""
+    from .recipe import BUFFER
+
+    mix: dict[str, float] = {}
+    for names, w in ((r.base_sources, weights[0]), (st.new, weights[1]), ([BUFFER], weights[2])):
+        for name in names:
+            if w > 0:
+                mix[name] = mix.get(name, 0.0) + w / len(names)
+    return mix
+
+
+def expand(r: Recipe) -> tuple[Recipe, list[str]]:
+    """The recipe with every preset stage replaced by the plain stages it stands for, and the
+    problems found on the way (a Strategy 4 threshold the decay never reaches)."""
+    out: list[StageCfg] = []
+    problems: list[str] = []
+    for i, st in enumerate(r.stages):
+        s = st.strategy
+        if s is None:
+            out.append(st)
+        elif isinstance(s, Strategy4):
+            stages, problem = _strategy4(r.model_copy(update={"stages": out + [st]}), st, f"stages[{i}]")
+            out += stages
+            problems += [problem] if problem else []
+        else:
+            update = {"mix": _mix(r, st, _weights(s))}
+            if isinstance(s, (Strategy5, RewarmReplay)):
+                update["schedule"] = RewarmSchedule(kind="rewarm", lr=s.peak, warmup=s.warmup)
+            elif isinstance(s, CooldownMix):
+                update["schedule"] = CooldownSchedule(kind="cooldown", shape=s.shape, to=s.to)
+            out.append(st.model_copy(update=update))
+    return r.model_copy(update={"stages": out}), problems
+
+
+def _strategy4(r: Recipe, st: StageCfg, where: str) -> tuple[list[StageCfg], str | None]:
+    """Two stages sharing one decay: `<name>.base` on D0 alone, then `<name>` on the mix from the
+    first step whose LR is at or below the threshold."""
+    s = st.strategy
+    def with_decay(to: float) -> tuple[CooldownSchedule, Segment]:
+        decay = CooldownSchedule(kind="cooldown", shape=s.shape, to=to)
+        probe = r.model_copy(update={"stages": r.stages[:-1] + [st.model_copy(update={"schedule": decay, "mix": {}})]})
+        return decay, plan_segments(probe)[-1]
+
+    start = with_decay(0.0)[1].start_lr  # LR_max: where the stage starts (its checkpoint's LR)
+    floor, threshold = start / s.N, s.switch_at or start / 5
+    decay, seg = with_decay(floor)
+    batch, steps = r.stage_batch(st), r.stage_steps(st)
+    switch = next((k for k in range(steps) if step_lr(seg, k, batch) <= threshold), None)
+    if threshold >= start:
+        return [], (f"{where}.strategy.switch_at: {threshold:g} is at or above the LR the stage starts at "
+                    f"({start:g}), so nothing would train on D0 alone; lower switch_at")
+    if threshold < floor or switch is None:
+        return [], (f"{where}.strategy.switch_at: the LR decays from {start:g} to {floor:g} (LR/N) and never "
+                    f"reaches {threshold:g}; raise switch_at above {floor:g} or raise N")
+    if switch == 0:
+        return [], (f"{where}.strategy.switch_at: the first step's LR is already at or below {threshold:g}; "
+                    "lower switch_at or give the stage more tokens")
+    base = st.model_copy(update={"name": f"{st.name}.base", "tokens": switch * batch, "schedule": decay,
+                                 "mix": _mix(r, st, (1.0, 0.0, 0.0)), "buffer_add": None, "new": []})
+    mixed = st.model_copy(update={"tokens": (steps - switch) * batch, "init": "previous",
+                                  "schedule": ContinueSchedule(kind="continue"),
+                                  "mix": _mix(r, st, _weights(s))})
+    return [base, mixed], None

@@ -18,7 +18,7 @@ def shared() -> Path:
     return SHARED
 
 
-def small_recipe(tmp_path: Path, shared: Path, stages: str, header: str = ""):
+def small_recipe(tmp_path: Path, shared: Path, stages: str, header: str = "", optimizer: str = "{lr: 1.0e-3}"):
     """A validated recipe over the shared corpora (stories, wiki, math): 64-token samples,
     256 tokens a step, lr 1e-3, and the given YAML `stages:` block (plus top-level `header` lines)."""
     from cpt.recipe import load_recipe
@@ -29,7 +29,7 @@ model: {{path: {shared}/models/stories260K}}
 seq_len: 64
 micro_batch: 4
 batch_tokens: 256
-optimizer: {{lr: 1.0e-3}}
+optimizer: {optimizer}
 sources:
   stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
   wiki: {{paths: [{shared}/corpora/en/wikipedia_en.txt], format: lines}}

@@ -117,6 +117,9 @@ class StageCfg(Strict):
     lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
     # AdamW moments at the stage start: kept, fresh, or fresh only for newly trainable parameters
     optimizer_state: Literal["keep", "reset", "reset-new"] = "keep"
+    # what trains; everything else is frozen bit-exactly (see model/trainable.py)
+    trainable: list[Literal["all", "input_embeddings", "output_embeddings", "layers", "norms"]] = Field(
+        ["all"], min_length=1)
     buffer_add: BufferAddCfg | None = None
     # previous | base | <stage>@final | <stage>@pre-cooldown | a checkpoint folder
     init: str = "previous"
@@ -196,6 +199,14 @@ class Recipe(Strict):
 
     def stage_index(self, name: str) -> int:
         return [s.name for s in self.stages].index(name)
+
+    def start_trainable(self, i: int) -> list[str]:
+        """What the point stage i starts from trained: the stage before it, or the stage whose
+        checkpoint `init:` names; the base model (and a checkpoint folder) trained everything."""
+        st, earlier = self.stages[i], [s.name for s in self.stages[:i]]
+        if st.init_ref is not None and st.init_ref[0] in earlier:
+            return self.stages[earlier.index(st.init_ref[0])].trainable
+        return self.stages[i - 1].trainable if st.init == "previous" and i > 0 else ["all"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,9 +357,9 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         elif st.buffer_add is not None and st.buffer_add.tokens is not None and st.buffer_add.tokens < r.seq_len:
             p(f"{where}.buffer_add.tokens: {st.buffer_add.tokens} is less than one sample (seq_len = {r.seq_len})")
         problems += _check_init(r, i, where)
-        if st.optimizer_state == "reset-new":  # every stage trains every parameter (no `trainable:` yet)
+        if st.optimizer_state == "reset-new" and not _groups(st.trainable) - _groups(r.start_trainable(i)):
             p(f"{where}.optimizer_state: reset-new gives fresh moments only to newly trainable parameters, but this "
-              "stage trains the same parameters as the one before; use keep or reset")
+              "stage trains nothing that its starting point kept frozen; use keep or reset, or change `trainable`")
         for n in st.new or []:
             if preset and n not in r.sources:
                 p(f"{where}.new: unknown source `{n}`")
@@ -361,6 +372,10 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
     if r.checkpoint.every_tokens is not None and r.checkpoint.every_tokens < r.batch_tokens:
         p(f"checkpoint.every_tokens: {r.checkpoint.every_tokens} is less than one optimizer step ({r.batch_tokens})")
     return problems
+
+
+def _groups(trainable: list[str]) -> set[str]:
+    return {"input_embeddings", "output_embeddings", "layers", "norms"} if "all" in trainable else set(trainable)
 
 
 def check_source(src: SourceCfg, where: str = "") -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -70,19 +71,39 @@ class CheckpointManager:
 
     @staticmethod
     def load(path: Path, model, optimizer, rng: bool = True) -> dict:
-        """Load model and optimizer (and the RNG) in place from a checkpoint folder; return its meta."""
+        """Load model and optimizer (and the RNG) in place from a checkpoint folder; return its meta.
+        The optimizer's state becomes exactly the saved one: moments of frozen parameters included,
+        none for parameters that had none (they had never trained)."""
         meta = CheckpointManager.read_meta(path)
+        flags = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():  # ask DCP for every parameter's state; keep what the file has
+            p.requires_grad_(True)
+        optimizer.state.clear()
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         if rng:
             state["rng"] = torch.get_rng_state()
         try:
             with _quiet():
-                dcp.load(state, checkpoint_id=str(Path(path) / "state"))
+                dcp.load(state, checkpoint_id=str(Path(path) / "state"),
+                         planner=DefaultLoadPlanner(allow_partial_load=True))
+                saved = dcp.FileSystemReader(str(Path(path) / "state")).read_metadata().state_dict_metadata
+            missing = [k for k in state["model"] if f"model.{k}" not in saved]
+            if missing:
+                raise CptError(f"{path}: cannot load checkpoint into this model (no `{missing[0]}` in it)")
         except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
+            if isinstance(e, CptError):
+                raise
             last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise CptError(f"{path}: cannot load checkpoint into this model ({last})") from None
+        finally:
+            for p, flag in zip(model.parameters(), flags):
+                p.requires_grad_(flag)
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        params = dict(model.named_parameters())
+        for name, param in params.items():
+            if f"optim.state.{name}.step" not in saved:
+                optimizer.state.pop(param, None)
         if meta.get("optim_fresh"):  # saved before the optimizer's first step: keep it fresh
             optimizer.state.clear()
         if rng:

@@ -6,7 +6,7 @@ import time
 
 from tqdm import tqdm
 
-from .stages import after_step, batch, end_stage, enter_stage, plan_stage, run_eval
+from .stages import after_step, batch, begin_stage, end_stage, plan_stage, run_eval
 from .step import train_step
 
 
@@ -16,8 +16,7 @@ def train(run) -> None:
         run_eval(run, plan_stage(run, 0), "base")
     for index in range(s.stage_index, len(r.stages)):
         stage = plan_stage(run, index)
-        if not s.entered:
-            enter_stage(run, stage)
+        begin_stage(run, stage)
         batch_tokens = r.stage_batch(stage.cfg)
         bar = tqdm(total=stage.steps, initial=s.stage_step, desc=f"stage {stage.name}", unit="step")
         while s.stage_step < stage.steps:

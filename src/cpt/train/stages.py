@@ -14,6 +14,7 @@ from ..eval.document_loss import document_losses
 from ..data.mixture import StageMixture
 from ..eval.validation import evaluate
 from ..model.load import build_model
+from ..model.trainable import set_trainable, trainable_params
 from ..plan import SourceSize, seen
 from ..recipe import StageCfg, budget_tokens
 from ..schedules import Segment, step_lr
@@ -86,6 +87,13 @@ def data_seen(run, cursors: dict[str, int]) -> dict[str, dict]:
     return out
 
 
+def begin_stage(run, stage: Stage) -> None:
+    """Freeze what the stage does not train (again after a resume), then enter it once."""
+    set_trainable(run.model, stage.cfg.trainable, f"stages[{stage.index}].trainable")
+    if not run.state.entered:
+        enter_stage(run, stage)
+
+
 def enter_stage(run, stage: Stage) -> None:
     """Load the stage's starting weights (`init:`), then measure where it starts."""
     init = stage.cfg.init
@@ -95,8 +103,14 @@ def enter_stage(run, stage: Stage) -> None:
     elif init != "previous":
         path = run.checkpoints.path(init) if stage.cfg.init_ref else stage.cfg.init_path
         run.checkpoints.load(path, run.model, run.optimizer, rng=False)
-    if stage.cfg.optimizer_state == "reset":  # fresh AdamW moments and step count
+    policy = stage.cfg.optimizer_state
+    if policy == "reset":  # fresh AdamW moments and step count
         run.optimizer = build_optimizer(run.model, run.recipe.optimizer)
+    elif policy == "reset-new":  # fresh moments for what the starting point kept frozen
+        before = trainable_params(run.model, run.recipe.start_trainable(stage.index))
+        for p in run.model.parameters():
+            if p.requires_grad and id(p) not in before:
+                run.optimizer.state.pop(p, None)
     run.state.entered = True
     run_eval(run, stage, "start")
     if stage.segment.decay_start == 0:  # a stage that decays from its first step

@@ -11,7 +11,7 @@ import torch
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: norms and biases are not decayed (GPT-2/nanoGPT
     practice), since shrinking a gain toward 0 is not regularisation."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(model.parameters())  # frozen ones too: without a gradient, AdamW leaves them alone
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -132,6 +132,15 @@ def test_warns_when_holding_the_lr_of_a_cooled_down_checkpoint(tmp_path, shared)
     assert start_point_warnings(recipe, segs) == []
 
 
+def test_warns_when_strategy4_starts_from_a_cooled_down_checkpoint(tmp_path, shared):
+    recipe, segs = stage(tmp_path, shared, STRATEGY4.replace("init: pre@pre-cooldown", "init: pre@final") % "strategy4")
+    (warning,) = start_point_warnings(recipe, segs)
+    assert "stage s.base: decays (Strategy 4) from the LR (1e-05) but starts from pre@final" in warning
+    assert "init: pre@pre-cooldown" in warning
+    recipe, segs = stage(tmp_path, shared, STRATEGY4 % "strategy4")
+    assert start_point_warnings(recipe, segs) == []
+
+
 def test_warns_for_a_converged_checkpoint_folder(tmp_path, shared):
     ckpts = tmp_path / "old" / "checkpoints"
     for name, phase, lr in [("pre@final", "converged", 1e-5), ("pre@pre-cooldown", "hold", 1e-3)]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from .data.mixture import StageMixture
 from .recipe import BUFFER, Recipe, budget_tokens
 from .report.summary import source_roles
-from .schedules import ConstantSchedule, InfiniteSchedule, Segment, WSDSchedule, step_lr
+from .presets import Strategy4
+from .schedules import ConstantSchedule, ContinueSchedule, InfiniteSchedule, Segment, WSDSchedule, step_lr
 
 # schedules that hold the LR a stage inherits (when they name no `lr`) instead of warming or decaying
 HOLDING = (ConstantSchedule, WSDSchedule, InfiniteSchedule)
@@ -130,11 +131,14 @@ def plan_warnings(recipe: Recipe, segments: list[Segment], plans: list[StagePlan
 
 def start_point_warnings(recipe: Recipe, segments: list[Segment]) -> list[str]:
     """The cookbook's first rule: continue from a checkpoint at LR_max, before any cooldown. A stage
-    that holds the LR it inherits, starting from a cooled-down point, would hold the decayed LR."""
+    that holds the LR it inherits, starting from a cooled-down point, would hold the decayed LR; a
+    Strategy 4 stage would decay from it (the cookbook: "take a checkpoint before cooldown")."""
     out = []
     for i, (st, seg) in enumerate(zip(recipe.stages, segments)):
         holds = isinstance(st.schedule, HOLDING) and getattr(st.schedule, "lr", None) is None
-        if not holds or st.init == "base" or (i == 0 and st.init == "previous"):
+        # Strategy 4 decays from the LR where it starts: that has to be LR_max too
+        strategy4 = isinstance(st.strategy, Strategy4) and not isinstance(st.schedule, ContinueSchedule)
+        if not (holds or strategy4) or st.init == "base" or (i == 0 and st.init == "previous"):
             continue
         if st.init_path is not None:
             phase = checkpoint_phase(st.init_path)
@@ -151,7 +155,8 @@ def start_point_warnings(recipe: Recipe, segments: list[Segment]) -> list[str]:
             instead = f"init: {name}@pre-cooldown" if src.decay_start is not None else "a point before the decay"
             origin = f"{name}@final"
         if phase in ("decay", "converged"):
-            out.append(f"stage {st.name}: continues at the held LR ({seg.start_lr:.3g}) but starts from {origin}, "
+            what = "decays (Strategy 4) from the LR" if strategy4 else "continues at the held LR"
+            out.append(f"stage {st.name}: {what} ({seg.start_lr:.3g}) but starts from {origin}, "
                        f"which is {phase} (cooled down); start from the checkpoint at LR_max instead ({instead}), "
                        "or rewarm (schedule kind rewarm / strategy5)")
     return out

@@ -38,3 +38,36 @@ sources:
 stages:
 {stages}""")
     return load_recipe(path)
+
+
+VI_CHARS = ["ư", "ơ", "ạ", "ệ", "ế", "ộ", "ờ", "ả", "ị", "đ", "à", "á", "ố", "ủ", "ớ", "ì", "ấ", "ậ", "ồ", "ể"]
+
+
+def hand_extended_tokenizer(shared: Path, out: Path) -> Path:
+    """The stories260K tokenizer with 20 Vietnamese letters and two merges appended by hand (a
+    fixture that does not depend on `cpt vocab extend`): ids 512-533, every old id in place."""
+    import json
+    import shutil
+
+    out.mkdir(parents=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(STORIES / f, out / f)
+    tok = json.loads((out / "tokenizer.json").read_text())
+    vocab, merges = tok["model"]["vocab"], tok["model"]["merges"]
+    for c in VI_CHARS:
+        vocab[c] = len(vocab)
+    for a, b in (("▁n", "g"), ("▁ng", "ư")):
+        vocab[a + b] = len(vocab)
+        merges.append([a, b])
+    (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
+    return out
+
+
+def extended_model(shared: Path, tmp_path: Path, untie: bool = False) -> Path:
+    """stories260K with the hand-extended tokenizer, rows initialised by `cpt vocab init`."""
+    from cpt.vocab.init import init_model
+
+    tokenizer = hand_extended_tokenizer(shared, tmp_path / "tok-ext")
+    out = tmp_path / ("model-untied" if untie else "model-ext")
+    init_model(STORIES, tokenizer, out, untie=untie)
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ from .checkpoint.manager import CheckpointManager
 from .data.prepare import RunData
 from .errors import CptError
 from .fileio import write_text_atomic
-from .model.load import build_model, load_tokenizer
+from .model.load import build_model, load_tokenizer, new_token_ids
 from .recipe import Recipe
 from .schedules import Segment, plan_segments
 from .train.metrics import MetricsLog
@@ -37,6 +37,8 @@ class Run:
     metrics: MetricsLog
     state: TrainState
     recipe_hash: str
+    new_ids: list[int] | None = None  # tokens added by a vocabulary extension (row-level `trainable:`)
+    rows: list = field(default_factory=list)  # the TrainableRows of the stage running now
 
 
 def pick_device(choice: str) -> torch.device:
@@ -66,7 +68,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool) -> Run:
         optimizer=build_optimizer(model, recipe.optimizer), device=device, autocast=autocast_for(device),
         data=data, validation=data.validation(), segments=segments,
         checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl"), state=TrainState(),
-        recipe_hash=recipe_hash,
+        recipe_hash=recipe_hash, new_ids=new_token_ids(recipe.model.path),
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .data import mixlists, tokenize_cli
 from . import plan_cli, schedule_cli
+from .vocab import cli as vocab_cli
 from .errors import CptError
 
 RUN_HELP = """Run a whole multi-stage continual pre-training plan from one recipe.
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     schedule_cli.add_parser(sub)
     tokenize_cli.add_parser(sub)
     mixlists.add_parser(sub)
+    vocab_cli.add_parser(sub)
     return p
 
 
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args.out)
         else:
-            return {"plan": plan_cli, "schedule": schedule_cli, "tokenize": tokenize_cli, "mix": mixlists}[args.command].run(args)
+            return {"plan": plan_cli, "schedule": schedule_cli, "tokenize": tokenize_cli, "mix": mixlists,
+                    "vocab": vocab_cli}[args.command].run(args)
     except CptError as e:
         print("cpt: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, always
         return 2

@@ -14,6 +14,7 @@ D0 or Di is split equally between the sources listed there.
 | strategy5 | alpha0 / 1 - alpha0 / 0 | rewarm to `peak`, re-decay |
 | cooldown-mix | A .33/.33/.34, B .05/.47/.48 | cooldown to `to` |
 | rewarm-replay | alpha0 / 1 - alpha0 / 0 (alpha0 0.05) | rewarm to `peak`, re-decay (Ibrahim et al.) |
+| eeve | the stage's own `mix` | the stage's own, over EEVE's 7 stages (4 when tied) of `trainable` |
 """
 
 from __future__ import annotations
@@ -87,16 +88,35 @@ class RewarmReplay(Strict):
     alpha0: Share = 0.05
 
 
+class Eeve(Strict):
+    """EEVE's stages for a model whose vocabulary `cpt vocab init` extended (Kim et al. 2024): from
+    the new input rows through all parameters to the layers alone, on the stage's own `mix`. One
+    schedule runs over all of them (the later ones continue its curve). `tokens`: each stage's
+    budget (default: the stage's tokens split evenly, in whole steps)."""
+
+    name: Literal["eeve"]
+    tokens: list[Annotated[int, Field(gt=0)]] | None = None
+
+
+# (suffix, trainable) of EEVE's seven stages; with tied embeddings input and output rows are one
+# matrix, so stages 1-3 and 4-5 collapse (the grouping of VinaSmol's SmolLM2 recipe)
+EEVE_STAGES = (("eeve1", ["new_input_rows"]), ("eeve2", ["new_output_rows"]),
+               ("eeve3", ["new_input_rows", "new_output_rows"]), ("eeve4", ["output_embeddings"]),
+               ("eeve5", ["new_input_rows", "output_embeddings"]), ("eeve6", ["all"]), ("eeve7", ["layers", "norms"]))
+EEVE_TIED = (("eeve1-3", ["new_input_rows"]), ("eeve4-5", ["input_embeddings"]), ("eeve6", ["all"]),
+             ("eeve7", ["layers", "norms"]))
+
+
 def _by_name(value):
     """`strategy: naive` is short for `strategy: {name: naive}`."""
     return {"name": value} if isinstance(value, str) else value
 
 
 Strategy = Annotated[
-    Union[Naive, Replay, BufferMix, Strategy4, Strategy5, CooldownMix, RewarmReplay],
+    Union[Naive, Replay, BufferMix, Strategy4, Strategy5, CooldownMix, RewarmReplay, Eeve],
     Field(discriminator="name"), BeforeValidator(_by_name),
 ]
-NAMES = ("naive", "replay", "buffer-mix", "strategy4", "strategy5", "cooldown-mix", "rewarm-replay")
+NAMES = ("naive", "replay", "buffer-mix", "strategy4", "strategy5", "cooldown-mix", "rewarm-replay", "eeve")
 SETS_SCHEDULE = (Strategy4, Strategy5, CooldownMix, RewarmReplay)
 
 
@@ -104,6 +124,8 @@ def check_stage(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> lis
     """What a preset needs before it can expand: no hand-made mix, Di, D0, the buffer, weights."""
     s, problems = st.strategy, []
     p = problems.append
+    if isinstance(s, Eeve):
+        return _check_eeve(r, st, where)
     if st.mix is not None:
         p(f"{where}.mix: the strategy `{s.name}` sets the mix; remove `mix` (or drop `strategy`)")
     if isinstance(s, SETS_SCHEDULE) and "schedule" in st.model_fields_set:
@@ -119,6 +141,34 @@ def check_stage(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> lis
     if abs(sum(weights) - 1) > 1e-6:
         p(f"{where}.strategy.mix: weights {list(weights)} sum to {sum(weights):g}; they must sum to 1")
     return problems
+
+
+def _check_eeve(r: Recipe, st: StageCfg, where: str) -> list[str]:
+    from .recipe import VOCAB_EXTENSION
+
+    problems = []
+    if not st.mix:
+        problems.append(f"{where}.mix: `eeve` trains on the stage's own mix; give one (the new language, "
+                        "and some of the base data)")
+    if r.model.path is None or not (r.model.path / VOCAB_EXTENSION).is_file():
+        problems.append(f"{where}.strategy: `eeve` trains the rows of added tokens, but the model has no "
+                        f"{VOCAB_EXTENSION}; extend it first (cpt vocab extend, then cpt vocab init)")
+        return problems
+    n, steps = len(eeve_stages(r)), r.stage_steps(st)
+    if st.strategy.tokens is not None and len(st.strategy.tokens) != n:
+        problems.append(f"{where}.strategy.tokens: {len(st.strategy.tokens)} budgets for {n} EEVE stages "
+                        f"({'tied' if n == 4 else 'untied'} embeddings)")
+    elif st.strategy.tokens is None and steps < n:
+        problems.append(f"{where}.tokens: {steps} steps cannot be split over {n} EEVE stages; raise tokens")
+    return problems
+
+
+def eeve_stages(r: Recipe) -> tuple:
+    """The seven stages, or the four of a model whose input and output embeddings are tied."""
+    from transformers import AutoConfig  # its defaults decide when config.json omits the key
+
+    tied = AutoConfig.from_pretrained(str(r.model.path)).tie_word_embeddings
+    return EEVE_TIED if tied else EEVE_STAGES
 
 
 def _weights(s) -> tuple[float, float, float]:
@@ -152,6 +202,8 @@ def expand(r: Recipe) -> tuple[Recipe, list[str]]:
         s = st.strategy
         if s is None:
             out.append(st)
+        elif isinstance(s, Eeve):
+            out += _eeve(r, st)
         elif isinstance(s, Strategy4):
             stages, problem = _strategy4(r.model_copy(update={"stages": out + [st]}), st, f"stages[{i}]")
             out += stages
@@ -195,3 +247,25 @@ def _strategy4(r: Recipe, st: StageCfg, where: str) -> tuple[list[StageCfg], str
                                   "schedule": ContinueSchedule(kind="continue"),
                                   "mix": _mix(r, st, _weights(s))})
     return [base, mixed], None
+
+
+def _eeve(r: Recipe, st: StageCfg) -> list[StageCfg]:
+    """`<name>.eeve1` ... `<name>.eeve7`: the first takes the stage's init, schedule and optimizer
+    policy, the others continue from it; `buffer_add` happens after the last."""
+    plan = eeve_stages(r)
+    batch = r.stage_batch(st)
+    budgets = st.strategy.tokens or [batch * k for k in _split(r.stage_steps(st), len(plan))]
+    out = []
+    for k, ((suffix, trainable), tokens) in enumerate(zip(plan, budgets)):
+        later = {} if k == 0 else {"init": "previous", "schedule": ContinueSchedule(kind="continue"),
+                                   "optimizer_state": "keep"}
+        last = k == len(plan) - 1
+        out.append(st.model_copy(update={"name": f"{st.name}.{suffix}", "tokens": tokens, "trainable": trainable,
+                                         "buffer_add": st.buffer_add if last else None, **later}))
+    return out
+
+
+def _split(steps: int, n: int) -> list[int]:
+    """n whole-step shares of `steps`, the remainder going to the last ones."""
+    q, rem = divmod(steps, n)
+    return [q + (1 if i >= n - rem else 0) for i in range(n)]

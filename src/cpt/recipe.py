@@ -22,7 +22,8 @@ from .errors import RecipeError
 from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, Schedule, ConstantSchedule, Segment, decays,
                         plan_segments)
 
-BUFFER = "buffer"  # the reserved mix name of the replay buffer B
+BUFFER = "buffer"
+VOCAB_EXTENSION = "vocab_extension.json"  # the record of added tokens in a model folder (model/load.py)  # the reserved mix name of the replay buffer B
 
 
 def _relative_to_recipe(value: Path, info: ValidationInfo) -> Path:
@@ -118,8 +119,8 @@ class StageCfg(Strict):
     # AdamW moments at the stage start: kept, fresh, or fresh only for newly trainable parameters
     optimizer_state: Literal["keep", "reset", "reset-new"] = "keep"
     # what trains; everything else is frozen bit-exactly (see model/trainable.py)
-    trainable: list[Literal["all", "input_embeddings", "output_embeddings", "layers", "norms"]] = Field(
-        ["all"], min_length=1)
+    trainable: list[Literal["all", "input_embeddings", "output_embeddings", "layers", "norms", "new_input_rows",
+                            "new_output_rows"]] = Field(["all"], min_length=1)
     buffer_add: BufferAddCfg | None = None
     # previous | base | <stage>@final | <stage>@pre-cooldown | a checkpoint folder
     init: str = "previous"
@@ -360,6 +361,10 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         if st.optimizer_state == "reset-new" and not _groups(st.trainable) - _groups(r.start_trainable(i)):
             p(f"{where}.optimizer_state: reset-new gives fresh moments only to newly trainable parameters, but this "
               "stage trains nothing that its starting point kept frozen; use keep or reset, or change `trainable`")
+        rows = [g for g in st.trainable if g.startswith("new_")]
+        if rows and (r.model.path is None or not (r.model.path / VOCAB_EXTENSION).is_file()):
+            p(f"{where}.trainable: `{rows[0]}` names nothing: the model has no {VOCAB_EXTENSION} (made by `cpt vocab "
+              "init` when it extends a vocabulary); train `input_embeddings` / `output_embeddings` instead")
         for n in st.new or []:
             if preset and n not in r.sources:
                 p(f"{where}.new: unknown source `{n}`")
@@ -375,7 +380,8 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
 
 
 def _groups(trainable: list[str]) -> set[str]:
-    return {"input_embeddings", "output_embeddings", "layers", "norms"} if "all" in trainable else set(trainable)
+    every = {"input_embeddings", "output_embeddings", "layers", "norms", "new_input_rows", "new_output_rows"}
+    return every if "all" in trainable else set(trainable)
 
 
 def check_source(src: SourceCfg, where: str = "") -> list[str]:

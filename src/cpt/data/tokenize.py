@@ -43,7 +43,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
@@ -119,7 +119,7 @@ def input_record(path: Path) -> dict:
     files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
     h = hashlib.sha256()
     for f in files:
-        h.update(_file_sha256(f).encode())
+        h.update(file_sha256(f).encode())
     return {"path": str(path), "bytes": sum(f.stat().st_size for f in files), "sha256": h.hexdigest()}
 
 

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from ..errors import CptError
-from ..recipe import Recipe
+from ..recipe import VOCAB_EXTENSION, Recipe
+
+
+
+
+def new_token_ids(model_dir) -> list[int] | None:
+    """The ids a vocabulary extension added to the model in `model_dir` (None: not extended)."""
+    path = Path(model_dir) / VOCAB_EXTENSION if model_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        return list(range(int(meta["base_size"]), int(meta["size"])))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CptError(f"{path}: not a vocabulary extension record ({e}); recreate it with cpt vocab init") from None
 
 
 def quiet_transformers() -> None:

@@ -6,7 +6,7 @@ import time
 
 from tqdm import tqdm
 
-from .stages import after_step, batch, begin_stage, end_stage, plan_stage, run_eval
+from .stages import after_step, batch, begin_stage, end_stage, plan_stage, run_eval, start_rows
 from .step import train_step
 
 
@@ -39,6 +39,9 @@ def resume(run) -> bool:
     if path is None:
         run.metrics.truncate(0)  # no checkpoint: any log is from a run that died before its first
         return False
+    state = run.checkpoints.read_meta(path)["train_state"]
+    if state["entered"]:  # saved inside a stage: its trainable rows are part of what was saved
+        start_rows(run, state["stage_index"])
     meta = run.checkpoints.load(path, run.model, run.optimizer)
     run.state.load_state_dict(meta["train_state"])
     run.metrics.truncate(run.state.metrics_bytes)

@@ -14,7 +14,7 @@ from ..eval.document_loss import document_losses
 from ..data.mixture import StageMixture
 from ..eval.validation import evaluate
 from ..model.load import build_model
-from ..model.trainable import set_trainable, trainable_params
+from ..model.trainable import set_trainable, train_rows, trainable_params
 from ..plan import SourceSize, seen
 from ..recipe import StageCfg, budget_tokens
 from ..schedules import Segment, step_lr
@@ -92,6 +92,21 @@ def begin_stage(run, stage: Stage) -> None:
     set_trainable(run.model, stage.cfg.trainable, f"stages[{stage.index}].trainable")
     if not run.state.entered:
         enter_stage(run, stage)
+    start_rows(run, stage.index)
+
+
+def start_rows(run, index: int) -> None:
+    """Row-level training (`new_input_rows`, ...) for the stage; kept when already running, as after
+    a resume, which starts it before loading the checkpoint that holds the rows and their moments."""
+    if not run.rows:
+        run.rows = train_rows(run.model, run.optimizer, run.recipe.stages[index].trainable, run.new_ids,
+                              f"stages[{index}].trainable")
+
+
+def stop_rows(run) -> None:
+    for rows in run.rows:
+        rows.release()
+    run.rows = []
 
 
 def enter_stage(run, stage: Stage) -> None:
@@ -111,6 +126,7 @@ def enter_stage(run, stage: Stage) -> None:
         for p in run.model.parameters():
             if p.requires_grad and id(p) not in before:
                 run.optimizer.state.pop(p, None)
+    start_rows(run, stage.index)  # fresh moments: rows train as their own parameter, for this stage only
     run.state.entered = True
     run_eval(run, stage, "start")
     if stage.segment.decay_start == 0:  # a stage that decays from its first step
@@ -149,6 +165,7 @@ def end_stage(run, stage: Stage) -> None:
                                                src.train_ids, budget_tokens(add, src.stream.distinct_tokens), r.seed,
                                                policy=add.policy, pool=add.pool, score=score)
     s.stage_index, s.stage_step, s.entered = stage.index + 1, 0, False
+    stop_rows(run)  # the rows go back into their matrix: `@final` holds the plain model
     save_checkpoint(run, stage, f"{stage.name}@final", stage.segment.end_lr, stage.segment.total)
 
 

@@ -1,0 +1,71 @@
+"""Training only the new rows of an embedding matrix (`new_input_rows`, `new_output_rows`).
+
+The matrix W stays frozen (`requires_grad = False`: no gradient, no weight decay, no moments) and
+the rows being trained live in their own Parameter R (k x d), registered on the embedding module
+as `cpt_rows` so that checkpoints and the optimizer see it under a stable name. Forward hooks put
+R in place of W's rows: the input embedding of a new id is R's row; the logits of new ids are
+h . R^T. AdamW therefore holds moments for the k rows only, never for the V x d matrix (EEVE's
+gradient-mask hook would keep state for all of W and let weight decay shrink the frozen rows).
+After every optimizer step R is copied into W, so W always holds the current values: an
+evaluation, a checkpoint or an export reads the model as it is. At the stage's end R is folded
+into W and removed.
+
+Tied input/output embeddings are one matrix: one R serves both roles, so its gradient is the sum
+of the input and output gradients, as for the tied matrix itself.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ROWS_PARAM = "cpt_rows"
+
+
+class TrainableRows:
+    def __init__(self, model: torch.nn.Module, weight: torch.nn.Parameter, ids: list[int],
+                 optimizer: torch.optim.Optimizer):
+        self.weight, self.optimizer = weight, optimizer
+        self.ids = torch.tensor(ids, dtype=torch.long, device=weight.device)
+        self.rows = torch.nn.Parameter(weight.detach()[self.ids].clone())
+        # position of each id in R, -1 for the rows that stay frozen
+        self.lookup = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)
+        self.lookup[self.ids] = torch.arange(len(ids), device=weight.device)
+        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+        self.owner = inp if inp.weight is weight else out
+        self.owner.register_parameter(ROWS_PARAM, self.rows)
+        self.handles = []
+        if inp.weight is weight:
+            self.handles.append(inp.register_forward_hook(self._embed))
+        if out is not None and out.weight is weight:
+            self.handles.append(out.register_forward_hook(self._logits))
+        # R trains as W would: in W's weight-decay group
+        decay = next(g["weight_decay"] for g in optimizer.param_groups if any(p is weight for p in g["params"]))
+        optimizer.add_param_group({"params": [self.rows], "weight_decay": decay})
+        self.handles.append(optimizer.register_step_post_hook(lambda *_: self.sync()))
+
+    def _embed(self, module, args, out):
+        local = self.lookup[args[0]]
+        new = (local >= 0).unsqueeze(-1)
+        return torch.where(new, self.rows[local.clamp(min=0)].to(out.dtype), out)
+
+    def _logits(self, module, args, out):
+        return out.index_copy(-1, self.ids, F.linear(args[0], self.rows).to(out.dtype))
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        self.weight.index_copy_(0, self.ids, self.rows.detach())
+
+    def release(self) -> None:
+        """Fold R into W and leave the model and optimizer as they were before."""
+        self.sync()
+        for h in self.handles:
+            h.remove()
+        del self.owner._parameters[ROWS_PARAM]
+        self.optimizer.param_groups[:] = [g for g in self.optimizer.param_groups
+                                          if not any(p is self.rows for p in g["params"])]
+        self.optimizer.state.pop(self.rows, None)
+
+
+def is_rows_param(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] == ROWS_PARAM

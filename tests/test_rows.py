@@ -14,6 +14,23 @@ from conftest import extended_model
 NEW = list(range(512, 534))
 
 
+def vi_recipe(tmp_path, shared, model, stages: str, header: str = ""):
+    """A recipe over the extended model with a Vietnamese source (and TinyStories): 64-token
+    samples, 256 tokens a step, the given `stages:` block."""
+    path = tmp_path / "r.yaml"
+    path.write_text(f"""
+model: {{path: {model}}}
+seq_len: 64
+micro_batch: 4
+batch_tokens: 256
+sources: {{vi: {{paths: [{shared}/corpora/vi/viwiki.jsonl]}}, stories: {{paths: [{shared}/corpora/en/tinystories.txt]}}}}
+{header}
+stages:
+{stages}
+""")
+    return path
+
+
 def load(path):
     from transformers import AutoModelForCausalLM
 
@@ -63,6 +80,7 @@ def test_rows_get_the_matrix_gradient_and_only_they_hold_optimizer_state(tmp_pat
 
     train_step(model, opt, batch, lr=1e-2, grad_clip=1.0)
     assert set(opt.state) == {r.rows for r in rows}
+    assert all(torch.equal(r.weight[NEW], r.rows) for r in rows)  # the matrix follows after every step
     assert all(opt.state[r.rows]["exp_avg"].shape == (len(NEW), 64) for r in rows)
     for r in rows:
         release_to = r.weight
@@ -129,8 +147,8 @@ def role(name: str) -> str:
 def test_every_eeve_stage_leaves_what_it_freezes_bit_identical(tmp_path, shared, untie):
     run, model_dir = run_eeve(tmp_path, shared, untie, "eeve")
     names = [st.name for st in run.recipe.stages]
-    assert names == ([f"vi.eeve{k}" for k in range(1, 8)] if untie else
-                     ["vi.eeve1-3", "vi.eeve4-5", "vi.eeve6", "vi.eeve7"])
+    assert names == ([f"vi.eeve{k}" for k in range(1, 7)] + ["vi"] if untie else
+                     ["vi.eeve1-3", "vi.eeve4-5", "vi.eeve6", "vi"])  # stage 7 keeps the name: `vi@final`
     before = {n: p.detach().clone() for n, p in load(model_dir).named_parameters()}
     for st in run.recipe.stages:
         after = weights_at(run, f"{st.name}@final", model_dir)
@@ -150,29 +168,32 @@ def test_every_eeve_stage_leaves_what_it_freezes_bit_identical(tmp_path, shared,
         before = after
 
 
-def test_resume_inside_a_row_stage_equals_uninterrupted(tmp_path, shared, monkeypatch):
-    """Killed after step 1 of the tied new-rows stage (checkpoints every step hold the rows and
-    their moments), resumed: the same weights as a run never stopped."""
+@pytest.mark.parametrize("untie,die_at", [(False, 2), (True, 6)])
+def test_resume_inside_a_row_stage_equals_uninterrupted(tmp_path, shared, monkeypatch, untie, die_at):
+    """Killed inside a new-rows stage (tied: step 2 of eeve1-3; untied: step 6, inside eeve3, two
+    row parameters), resumed from a checkpoint that holds the rows and their moments: the same
+    weights as a run never stopped."""
     import cpt.train.loop as loop
     from cpt.build import build_run
     from cpt.recipe import load_recipe
 
-    whole, _ = run_eeve(tmp_path, shared, False, "whole")
+    whole, _ = run_eeve(tmp_path, shared, untie, "whole")
     real, calls = loop.train_step, []
 
-    def dies_at_step_2(*args, **kwargs):
+    def dies(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == die_at:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_step", dies_at_step_2)
+    monkeypatch.setattr(loop, "train_step", dies)
     with pytest.raises(KeyboardInterrupt):
-        run_eeve(tmp_path / "cut", shared, False, "cut", extra="checkpoint: {every_tokens: 256}")
+        run_eeve(tmp_path / "cut", shared, untie, "cut", extra="checkpoint: {every_tokens: 256}")
     monkeypatch.setattr(loop, "train_step", real)
-    (saved,) = (tmp_path / "cut" / "cut" / "checkpoints").glob("step-*")  # holds the rows and their moments
+    saved = max((tmp_path / "cut" / "cut" / "checkpoints").glob("step-*"))
     keys = dcp.FileSystemReader(str(saved / "state")).read_metadata().state_dict_metadata
     assert "model.model.embed_tokens.cpt_rows" in keys and "optim.state.model.embed_tokens.cpt_rows.exp_avg" in keys
+    assert untie == ("model.lm_head.cpt_rows" in keys)
     resumed = build_run(load_recipe(tmp_path / "cut" / "cut.yaml"), "cut", tmp_path / "cut" / "cut", resume=True)
     loop.train(resumed)
     for (name, p), q in zip(whole.model.named_parameters(), resumed.model.parameters()):
@@ -195,17 +216,8 @@ def test_eeve_budgets_must_match_its_stages(tmp_path, shared):
     from cpt.errors import RecipeError
     from cpt.recipe import load_recipe
 
-    model = extended_model(shared, tmp_path)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""
-model: {{path: {model}}}
-seq_len: 64
-micro_batch: 4
-batch_tokens: 256
-sources: {{vi: {{paths: [{shared}/corpora/vi/viwiki.jsonl]}}}}
-stages:
-  - {{name: vi, tokens: 2560, mix: {{vi: 1}}, strategy: {{name: eeve, tokens: [512, 512, 512]}}}}
-""")
+    recipe = vi_recipe(tmp_path, shared, extended_model(shared, tmp_path),
+                       "  - {name: vi, tokens: 2560, mix: {vi: 1}, strategy: {name: eeve, tokens: [512, 512, 512]}}")
     with pytest.raises(RecipeError, match=r"strategy.tokens: 3 budgets for 4 EEVE stages \(tied embeddings\)"):
         load_recipe(recipe)
     recipe.write_text(recipe.read_text().replace("[512, 512, 512]", "[256, 512, 768, 1024]"))
@@ -213,3 +225,77 @@ stages:
     assert [s.tokens for s in stages] == [256, 512, 768, 1024]
     assert [s.trainable for s in stages] == [["new_input_rows"], ["input_embeddings"], ["all"], ["layers", "norms"]]
     assert [s.schedule.kind for s in stages][1:] == ["continue"] * 3
+
+
+def test_rows_stand_in_exactly_for_a_linear_head_with_bias_and_refuse_other_modules():
+    """Attaching rows (R = W's rows) changes nothing a model computes, bias included (Phi's
+    lm_head); an embedding module with its own forward is refused rather than mis-computed."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    from cpt.errors import CptError
+    from cpt.model.trainable import train_rows
+    from cpt.recipe import OptimizerCfg
+    from cpt.train.step import build_optimizer
+
+    torch.manual_seed(0)
+    model = PhiForCausalLM(PhiConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, max_position_embeddings=64)).eval()
+    ids = torch.randint(0, 600, (2, 16))
+    ids[0, :4] = torch.tensor([512, 530, 599, 7])
+    with torch.no_grad():
+        before = model(ids).logits
+    opt = build_optimizer(model, OptimizerCfg())
+    rows = train_rows(model, opt, ["new_input_rows", "new_output_rows"], list(range(512, 600)))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=1e-6)
+    for r in rows:
+        r.release()
+
+    class Scaled(torch.nn.Embedding):
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    scaled = Scaled(600, 32)
+    model.set_input_embeddings(scaled)
+    with pytest.raises(CptError, match=r"`new_input_rows` cannot train rows of this model: its Scaled is not a plain"):
+        train_rows(model, opt, ["new_input_rows"], list(range(512, 600)))
+
+
+def test_an_extended_model_runs_with_its_own_tokenizer(tmp_path, shared):
+    from cpt.build import build_run
+    from cpt.errors import CptError
+    from cpt.recipe import load_recipe
+
+    path = vi_recipe(tmp_path, shared, extended_model(shared, tmp_path),
+                     "  - {name: vi, tokens: 1024, mix: {vi: 1}, trainable: [new_input_rows]}",
+                     header=f"tokenizer: {shared}/models/stories260K")
+    with pytest.raises(CptError, match="tokenizer: 512 tokens, but .* extended to 534 .*use the tokenizer saved"):
+        build_run(load_recipe(path), "r", tmp_path / "out", resume=False)
+
+
+def test_a_later_stage_starts_from_the_eeve_stage_by_its_name(tmp_path, shared):
+    from cpt.recipe import load_recipe
+
+    vi_recipe(tmp_path, shared, extended_model(shared, tmp_path), """
+  - {name: vi, tokens: 2048, mix: {vi: 0.9, stories: 0.1}, strategy: eeve, schedule: {kind: constant, lr: 1.0e-3}}
+  - {name: after, tokens: 512, init: vi@final, mix: {stories: 1}}""", header="base_sources: [stories]")
+    stages = load_recipe(tmp_path / "r.yaml").stages
+    assert [s.name for s in stages] == ["vi.eeve1-3", "vi.eeve4-5", "vi.eeve6", "vi", "after"]
+    assert all(s.new == ["vi"] for s in stages[:4])  # every EEVE stage measures adaptation on vi
+
+
+@pytest.mark.parametrize("stage,message", [
+    ("{name: vi, tokens: 2048, mix: {vi: 1}, strategy: eeve, trainable: [layers]}",
+     r"stages\[0\].trainable: the strategy `eeve` sets what each of its stages trains"),
+    ("{name: vi, tokens: 2048, mix: {vi: 1}, strategy: {name: eeve, tokens: [512, 512, 512, 256]}}",
+     r"budgets \[512, 512, 512, 256\] must each be at least one step \(256 tokens\) and sum to the stage's tokens"),
+    ("{name: vi, tokens: 2048, mix: {vii: 1}, strategy: eeve}", r"^[^;]*stages\[0\].mix.vii: unknown source[^;]*$"),
+])
+def test_eeve_refuses_what_it_would_override(tmp_path, shared, stage, message):
+    from cpt.errors import RecipeError
+    from cpt.recipe import load_recipe
+
+    vi_recipe(tmp_path, shared, extended_model(shared, tmp_path), f"  - {stage}")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(tmp_path / "r.yaml")
+    assert __import__("re").search(message, str(e.value).split(": ", 1)[1]), str(e.value)

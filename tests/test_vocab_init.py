@@ -132,7 +132,7 @@ stages: [{{name: vi, tokens: 2048, mix: {{vi: 1}}, strategy: eeve}}]
     assert main(["plan", str(tmp_path / "r.yaml")]) == 0
     out = capsys.readouterr().out
     for line in ("stage vi.eeve1-3: 2 steps", "trainable new_input_rows;", "stage vi.eeve4-5", "trainable input_embeddings;",
-                 "stage vi.eeve6", "stage vi.eeve7", "trainable layers, norms;"):
+                 "stage vi.eeve6", "stage vi: 2 steps", "trainable layers, norms;"):
         assert line in out
 
 
@@ -150,3 +150,39 @@ def test_init_bad_flags_exit_2_on_one_line(tmp_path, shared, args, message):
                         str(tok), "--out", str(tmp_path / "out"), *args], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and message in p.stderr, p.stderr
     assert not (tmp_path / "out").exists() and {f.name: f.read_bytes() for f in tok.iterdir()} == before
+
+
+def test_pieces_spell_each_new_token_byte_level_and_added(tmp_path, shared):
+    """GPT-2 extended by continued BPE (byte-level entries like `Ġngư`) and by `add_tokens` (raw
+    text): each new token's pieces under the old tokenizer decode to exactly the new token."""
+    from tokenizers import Tokenizer
+
+    from cpt.vocab.extend import extend, reader
+    from cpt.vocab.init import new_token_pieces
+
+    lines = open(shared / "corpora/vi/viwiki.jsonl", encoding="utf-8").readlines()[:40]
+    (tmp_path / "vi.jsonl").write_text("".join(lines), encoding="utf-8")
+    gpt2 = shared / "tokenizers" / "gpt2"
+    extend(gpt2, [tmp_path / "vi.jsonl"], 100, tmp_path / "bpe", reader())
+    added = Tokenizer.from_file(str(tmp_path / "bpe" / "tokenizer.json"))
+    added.add_tokens([" người Việt"])
+    (tmp_path / "both").mkdir()
+    added.save(str(tmp_path / "both" / "tokenizer.json"))
+    old = Tokenizer.from_file(str(gpt2 / "tokenizer.json"))
+    split = new_token_pieces(gpt2, tmp_path / "both")
+    assert split.new_ids == list(range(50257, 50358))
+    for i, p in zip(split.new_ids, split.pieces):
+        assert old.decode(p) == added.decode([i]), (i, added.id_to_token(i))
+        assert len(p) >= 2  # a new token is never one old token
+    assert old.decode(split.pieces[-1]) == " người Việt" and len(split.pieces[-1]) > 3
+
+
+def test_padding_rows_are_reproducible(tmp_path, shared):
+    from cpt.vocab.init import init_model
+
+    tok = hand_extended_tokenizer(shared, tmp_path / "tok")
+    a = init_model(STORIES, tok, tmp_path / "a", pad_to_multiple_of=64, seed=3)
+    init_model(STORIES, tok, tmp_path / "b", pad_to_multiple_of=64, seed=3)
+    assert a["embedding_rows"] == 576 and a["size"] == 534
+    wa, wb = (load(tmp_path / n).get_input_embeddings().weight for n in "ab")
+    assert torch.equal(wa, wb)

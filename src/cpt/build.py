@@ -13,7 +13,7 @@ from .checkpoint.manager import CheckpointManager
 from .data.prepare import RunData
 from .errors import CptError
 from .fileio import write_text_atomic
-from .model.load import build_model, load_tokenizer, new_token_ids
+from .model.load import build_model, check_extension, load_tokenizer, new_token_ids
 from .recipe import Recipe
 from .schedules import Segment, plan_segments
 from .train.metrics import MetricsLog
@@ -61,6 +61,8 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool) -> Run:
     device = pick_device(recipe.device)
     tokenizer = load_tokenizer(recipe.tokenizer_path)
     model = build_model(recipe, tokenizer).to(device)
+    new_ids = new_token_ids(recipe.model.path)
+    check_extension(model, tokenizer, new_ids, recipe.model.path)
     model.train()
     data = RunData(recipe, out, tokenizer)
     return Run(
@@ -68,7 +70,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool) -> Run:
         optimizer=build_optimizer(model, recipe.optimizer), device=device, autocast=autocast_for(device),
         data=data, validation=data.validation(), segments=segments,
         checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl"), state=TrainState(),
-        recipe_hash=recipe_hash, new_ids=new_token_ids(recipe.model.path),
+        recipe_hash=recipe_hash, new_ids=new_ids,
     )
 
 

@@ -179,7 +179,8 @@ def format_plan(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, SourceS
                                for k, v in st.strategy.model_dump().items() if k != "name" and v is not None)
             lines.append(f"    from strategy {st.strategy.name}" + (f" ({params})" if params else ""))
         if st.trainable != ["all"] or st.optimizer_state != "keep":
-            lines.append(f"    trainable {', '.join(st.trainable)}; optimizer state {st.optimizer_state}")
+            rows = "; new rows start with fresh moments" if any(g.startswith("new_") for g in st.trainable) else ""
+            lines.append(f"    trainable {', '.join(st.trainable)}; optimizer state {st.optimizer_state}{rows}")
         if plan.batch != recipe.batch_tokens or plan.scale != 1:
             lines.append(f"    batch {plan.batch:,} tokens per step; inherited LR x {plan.scale:.4g} ({st.lr_scaling})")
         lines.append(f"    lr {plan.schedule}")

@@ -144,22 +144,29 @@ def check_stage(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> lis
 
 
 def _check_eeve(r: Recipe, st: StageCfg, where: str) -> list[str]:
+    """The stage's own mix is checked as any mix; here what EEVE needs besides."""
     from .recipe import VOCAB_EXTENSION
 
     problems = []
-    if not st.mix:
-        problems.append(f"{where}.mix: `eeve` trains on the stage's own mix; give one (the new language, "
-                        "and some of the base data)")
+    if "trainable" in st.model_fields_set:
+        problems.append(f"{where}.trainable: the strategy `eeve` sets what each of its stages trains; remove `trainable`")
     if r.model.path is None or not (r.model.path / VOCAB_EXTENSION).is_file():
         problems.append(f"{where}.strategy: `eeve` trains the rows of added tokens, but the model has no "
                         f"{VOCAB_EXTENSION}; extend it first (cpt vocab extend, then cpt vocab init)")
         return problems
-    n, steps = len(eeve_stages(r)), r.stage_steps(st)
-    if st.strategy.tokens is not None and len(st.strategy.tokens) != n:
-        problems.append(f"{where}.strategy.tokens: {len(st.strategy.tokens)} budgets for {n} EEVE stages "
+    try:
+        n = len(eeve_stages(r))
+    except Exception as e:  # transformers raises many types for an unreadable config
+        return problems + [f"model.path: cannot read {r.model.path / 'config.json'} ({type(e).__name__})"]
+    budgets, batch = st.strategy.tokens, r.stage_batch(st)
+    if budgets is None and r.stage_steps(st) < n:
+        problems.append(f"{where}.tokens: {r.stage_steps(st)} steps cannot be split over {n} EEVE stages; raise tokens")
+    elif budgets is not None and len(budgets) != n:
+        problems.append(f"{where}.strategy.tokens: {len(budgets)} budgets for {n} EEVE stages "
                         f"({'tied' if n == 4 else 'untied'} embeddings)")
-    elif st.strategy.tokens is None and steps < n:
-        problems.append(f"{where}.tokens: {steps} steps cannot be split over {n} EEVE stages; raise tokens")
+    elif budgets is not None and (sum(budgets) != st.tokens or min(budgets) < batch):
+        problems.append(f"{where}.strategy.tokens: budgets {budgets} must each be at least one step ({batch} tokens) "
+                        f"and sum to the stage's tokens ({st.tokens})")
     return problems
 
 
@@ -250,17 +257,23 @@ def _strategy4(r: Recipe, st: StageCfg, where: str) -> tuple[list[StageCfg], str
 
 
 def _eeve(r: Recipe, st: StageCfg) -> list[StageCfg]:
-    """`<name>.eeve1` ... `<name>.eeve7`: the first takes the stage's init, schedule and optimizer
-    policy, the others continue from it; `buffer_add` happens after the last."""
+    """`<name>.eeve1` ... `<name>.eeve6`, then `<name>` (stage 7, so that later stages can start
+    from `<name>@final`): the first takes the stage's init, schedule and optimizer policy, the
+    others continue from it; `buffer_add` happens after the last. All measure adaptation on the
+    stage's new data (`new:`, else its mix's sources outside `base_sources`)."""
+    from .recipe import BUFFER
+
     plan = eeve_stages(r)
     batch = r.stage_batch(st)
     budgets = st.strategy.tokens or [batch * k for k in _split(r.stage_steps(st), len(plan))]
+    new = st.new or [n for n in st.mix if n not in r.base_sources and n != BUFFER]
     out = []
     for k, ((suffix, trainable), tokens) in enumerate(zip(plan, budgets)):
         later = {} if k == 0 else {"init": "previous", "schedule": ContinueSchedule(kind="continue"),
                                    "optimizer_state": "keep"}
         last = k == len(plan) - 1
-        out.append(st.model_copy(update={"name": f"{st.name}.{suffix}", "tokens": tokens, "trainable": trainable,
+        out.append(st.model_copy(update={"name": st.name if last else f"{st.name}.{suffix}", "tokens": tokens,
+                                         "trainable": trainable, "new": new,
                                          "buffer_add": st.buffer_add if last else None, **later}))
     return out
 

@@ -22,8 +22,8 @@ from .errors import RecipeError
 from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, Schedule, ConstantSchedule, Segment, decays,
                         plan_segments)
 
-BUFFER = "buffer"
-VOCAB_EXTENSION = "vocab_extension.json"  # the record of added tokens in a model folder (model/load.py)  # the reserved mix name of the replay buffer B
+BUFFER = "buffer"  # the reserved mix name of the replay buffer B
+VOCAB_EXTENSION = "vocab_extension.json"  # the record of added tokens in a model folder (model/load.py)
 
 
 def _relative_to_recipe(value: Path, info: ValidationInfo) -> Path:
@@ -347,7 +347,7 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         preset = st.strategy is not None and not expanded
         if preset:
             problems += presets.check_stage(r, st, where, buffer_filled)
-        else:
+        if not preset or isinstance(st.strategy, presets.Eeve):  # eeve trains on the stage's own mix
             problems += _check_mix(r, st, where, buffer_filled)
         problems += _check_schedule(r, i, where)
         if st.buffer_add is not None and st.buffer_add.source not in r.sources:
@@ -358,7 +358,8 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         elif st.buffer_add is not None and st.buffer_add.tokens is not None and st.buffer_add.tokens < r.seq_len:
             p(f"{where}.buffer_add.tokens: {st.buffer_add.tokens} is less than one sample (seq_len = {r.seq_len})")
         problems += _check_init(r, i, where)
-        if st.optimizer_state == "reset-new" and not _groups(st.trainable) - _groups(r.start_trainable(i)):
+        eeve = preset and isinstance(st.strategy, presets.Eeve)  # its trainable sets are checked expanded
+        if st.optimizer_state == "reset-new" and not eeve and not _groups(st.trainable) - _groups(r.start_trainable(i)):
             p(f"{where}.optimizer_state: reset-new gives fresh moments only to newly trainable parameters, but this "
               "stage trains nothing that its starting point kept frozen; use keep or reset, or change `trainable`")
         rows = [g for g in st.trainable if g.startswith("new_")]
@@ -457,6 +458,10 @@ def check_segments(r: Recipe, segments: list[Segment]) -> list[str]:
     inherited), a stage that would train at LR 0 throughout."""
     problems = []
     for i, (st, seg) in enumerate(zip(r.stages, segments)):
+        ref = st.init_ref
+        if ref is not None and ref[1] == "pre-cooldown" and segments[r.stage_index(ref[0])].decay_start is None:
+            problems.append(f"stages[{i}].init: stage `{ref[0]}` continues a decay that began in an earlier stage, so "
+                            "it has no pre-cooldown checkpoint; start from that earlier stage's @pre-cooldown")
         if seg.offset:
             continue  # a continued curve was checked with the stage that started it
         for ph in seg.curve.phases:

@@ -379,7 +379,8 @@ def _inherited(recipe: Recipe, i: int, segments: list[Segment]) -> tuple[float, 
         name, tag = st.init_ref
         j = recipe.stage_index(name)
         src = segments[j]
-        lr = src.end_lr if tag == "final" else src.lr(src.decay_start)
+        # a stage whose decay began in an earlier stage has no pre-cooldown point (check_segments says so)
+        lr = src.end_lr if tag == "final" else src.lr(src.decay_start or 0)
         return lr, recipe.stage_batch(recipe.stages[j])
     lr, batch = checkpoint_point(st.init_path)
     return (recipe.optimizer.lr if lr is None else lr), batch

@@ -11,8 +11,6 @@ from ..errors import CptError
 from ..recipe import VOCAB_EXTENSION, Recipe
 
 
-
-
 def new_token_ids(model_dir) -> list[int] | None:
     """The ids a vocabulary extension added to the model in `model_dir` (None: not extended)."""
     path = Path(model_dir) / VOCAB_EXTENSION if model_dir is not None else None
@@ -23,6 +21,17 @@ def new_token_ids(model_dir) -> list[int] | None:
         return list(range(int(meta["base_size"]), int(meta["size"])))
     except (ValueError, KeyError, TypeError) as e:
         raise CptError(f"{path}: not a vocabulary extension record ({e}); recreate it with cpt vocab init") from None
+
+
+def check_extension(model, tokenizer, new_ids: list[int] | None, model_dir) -> None:
+    """An extended model runs with the tokenizer it was extended for: with the base tokenizer the
+    data would never hold a new id, and its rows would train on nothing."""
+    if not new_ids:
+        return
+    size, rows = new_ids[-1] + 1, model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) != size or rows < size:
+        raise CptError(f"tokenizer: {len(tokenizer)} tokens, but {Path(model_dir) / VOCAB_EXTENSION} says the model was "
+                       f"extended to {size} ({rows} embedding rows); use the tokenizer saved with the model")
 
 
 def quiet_transformers() -> None:

@@ -50,7 +50,10 @@ class TrainableRows:
         return torch.where(new, self.rows[local.clamp(min=0)].to(out.dtype), out)
 
     def _logits(self, module, args, out):
-        return out.index_copy(-1, self.ids, F.linear(args[0], self.rows).to(out.dtype))
+        bias = None if module.bias is None else module.bias[self.ids]
+        # in place: a linear layer's backward does not need its output, and a second B x T x V
+        # logits tensor is the largest allocation of a step at a large vocabulary
+        return out.index_copy_(-1, self.ids, F.linear(args[0], self.rows, bias).to(out.dtype))
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -65,6 +68,16 @@ class TrainableRows:
         self.optimizer.param_groups[:] = [g for g in self.optimizer.param_groups
                                           if not any(p is self.rows for p in g["params"])]
         self.optimizer.state.pop(self.rows, None)
+
+
+def unsupported(module: torch.nn.Module) -> str | None:
+    """Why the hooks cannot stand in for this module's rows (None: they can). They compute what
+    a plain nn.Embedding / nn.Linear computes; a subclass with its own forward (Gemma's scaled
+    embedding) or an embedding with max_norm would silently compute something else."""
+    plain = type(module).forward in (torch.nn.Embedding.forward, torch.nn.Linear.forward)
+    if not plain or getattr(module, "max_norm", None) is not None:
+        return f"its {type(module).__name__} is not a plain nn.Embedding / nn.Linear"
+    return None
 
 
 def is_rows_param(name: str) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import CptError
-from .rows import TrainableRows, is_rows_param
+from .rows import TrainableRows, is_rows_param, unsupported
 
 GROUPS = ("all", "input_embeddings", "output_embeddings", "layers", "norms", "new_input_rows", "new_output_rows")
 ROW_GROUPS = {"new_input_rows": "input_embeddings", "new_output_rows": "output_embeddings"}
@@ -80,6 +80,12 @@ def train_rows(model: torch.nn.Module, optimizer, groups: list[str], new_ids: li
             what = "the model has no vocabulary extension (vocab_extension.json from `cpt vocab init`)" \
                 if not new_ids else "the model has no output embedding"
             raise CptError(f"{where}: `{g}` names nothing: {what}")
+        users = [m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                 if m is not None and m.weight is weight]  # tied: both
+        why = next(filter(None, map(unsupported, users)), None)
+        if why:
+            raise CptError(f"{where}: `{g}` cannot train rows of this model: {why}; train "
+                           f"`{ROW_GROUPS[g]}` whole instead")
         if id(weight) not in whole and all(weight is not m for m in matrices):
             matrices.append(weight)  # tied: one matrix, one set of rows
     return [TrainableRows(model, w, new_ids, optimizer) for w in matrices]

@@ -31,7 +31,6 @@ from ..model.load import quiet_transformers
 from ..recipe import VOCAB_EXTENSION
 
 
-
 @dataclass(frozen=True)
 class Pieces:
     """For each new token (in id order) the ids of its pieces under the old tokenizer."""
@@ -52,8 +51,18 @@ def new_token_pieces(old_dir: Path, new_dir: Path) -> Pieces:
     added = sorted(i for t, i in new_vocab.items() if t not in old_vocab)
     if not added:
         raise CptError(f"--tokenizer {new_dir}: adds no token to {old_dir}; nothing to initialise")
+    if added != list(range(len(old_vocab), len(old_vocab) + len(added))):
+        raise CptError(f"--tokenizer {new_dir}: the added ids are not {len(old_vocab)}, {len(old_vocab) + 1}, ... "
+                       "(one after the other, after the old ones); extend the tokenizer with cpt vocab extend")
     strings = {i: t for t, i in new_vocab.items()}
-    pieces = [[p.id for p in old.model.tokenize(strings[i])] for i in added]
+    in_model = new.get_vocab(with_added_tokens=False)
+    # A BPE entry is in the model's own alphabet (byte-level `Ġ...`, SentencePiece `▁...`): split it
+    # with the old BPE model. An added token (`add_tokens`) holds raw text: encode it the old way.
+    pieces = [[p.id for p in old.model.tokenize(strings[i])] if strings[i] in in_model
+              else old.encode(strings[i], add_special_tokens=False).ids for i in added]
+    empty = [strings[i] for i, p in zip(added, pieces) if not p]
+    if empty:
+        raise CptError(f"--tokenizer {new_dir}: the old tokenizer splits the new token {empty[0]!r} into nothing")
     return Pieces(added, pieces)
 
 
@@ -119,7 +128,9 @@ def init_model(model_dir: Path, tokenizer_dir: Path, out: Path, input_init: str 
     with torch.no_grad():
         old_in = model.get_input_embeddings().weight[:base_size].clone()
         old_out = None if output_init is None else model.get_output_embeddings().weight[:base_size].clone()
-        model.resize_token_embeddings(max(size, rows), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=False)
+        with torch.random.fork_rng():  # the rows HF adds (new and padding) are drawn from the global RNG
+            torch.manual_seed(seed)
+            model.resize_token_embeddings(max(size, rows), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=False)
         if untie:
             _untie(model)
         ids = torch.tensor(split.new_ids)
@@ -127,6 +138,7 @@ def init_model(model_dir: Path, tokenizer_dir: Path, out: Path, input_init: str 
         if output_init is not None:
             model.get_output_embeddings().weight[ids] = init_rows(old_out, split.pieces, output_init, gen, cov_scale)
     record = {**_tokenizer_record(tokenizer_dir), "base_size": base_size, "size": size,
+              "new_ids": [split.new_ids[0], split.new_ids[-1]],
               "embedding_rows": model.get_input_embeddings().weight.shape[0], "model": str(model_dir),
               "tokenizer": str(tokenizer_dir), "tied": tied and not untie, "untied": untie,
               "input_init": input_init, "output_init": output_init, "seed": seed,
@@ -149,7 +161,10 @@ def _old_tokenizer_dir(model_dir: Path, tokenizer_dir: Path) -> Path:
 
 def _tokenizer_record(tokenizer_dir: Path) -> dict:
     path = tokenizer_dir / VOCAB_EXTENSION
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError as e:
+        raise CptError(f"{path}: not JSON ({e}); remove it or extend the tokenizer again") from None
 
 
 def _untie(model) -> None:

@@ -208,7 +208,9 @@ def main() -> None:
 
     stories = list(reader(separator="<|endoftext|>")(data / "corpora/en/tinystories.txt"))
     wiki = list(reader("lines")(data / "corpora/en/wikipedia_en.txt"))
-    corpora = {"vi held-out": held_out, "TinyStories": stories, "wikipedia_en": wiki}
+    # paragraphs: the unit for "English tokenized as before" (a story or an article is many)
+    paragraphs = [line.strip() for doc in stories + wiki for line in doc.split("\n") if line.strip()]
+    corpora = {"vi held-out": held_out, "TinyStories": stories, "wikipedia_en": wiki, "English paragraphs": paragraphs}
     protect = [data / "corpora/en/tinystories.txt"]
     tok_results = {
         "stories260K (512)": extend_and_report(data / "models/stories260K", work / "tok-stories", train, protect, corpora),

@@ -14,16 +14,18 @@ from conftest import extended_model
 NEW = list(range(512, 534))
 
 
-def vi_recipe(tmp_path, shared, model, stages: str, header: str = ""):
+def vi_recipe(tmp_path, shared, model, stages: str, header: str = "", name: str = "r"):
     """A recipe over the extended model with a Vietnamese source (and TinyStories): 64-token
     samples, 256 tokens a step, the given `stages:` block."""
-    path = tmp_path / "r.yaml"
+    path = tmp_path / f"{name}.yaml"
     path.write_text(f"""
 model: {{path: {model}}}
 seq_len: 64
 micro_batch: 4
 batch_tokens: 256
-sources: {{vi: {{paths: [{shared}/corpora/vi/viwiki.jsonl]}}, stories: {{paths: [{shared}/corpora/en/tinystories.txt]}}}}
+sources:
+  vi: {{paths: [{shared}/corpora/vi/viwiki.jsonl]}}
+  stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
 {header}
 stages:
 {stages}
@@ -101,23 +103,11 @@ def run_eeve(tmp_path, shared, untie: bool, name: str, extra: str = ""):
     from cpt.recipe import load_recipe
     from cpt.train.loop import train
 
-    model = extended_model(shared, tmp_path, untie=untie)
-    stages = 7 if untie else 4
-    recipe = tmp_path / f"{name}.yaml"
-    recipe.write_text(f"""
-model: {{path: {model}}}
-seq_len: 64
-micro_batch: 4
-batch_tokens: 256
-optimizer: {{lr: 1.0e-2, weight_decay: 0.1}}
-sources:
-  stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
-  vi: {{paths: [{shared}/corpora/vi/viwiki.jsonl]}}
-validation: {{tokens_per_source: 512}}
-{extra}
-stages:
-  - {{name: vi, tokens: {stages * 512}, mix: {{vi: 0.8, stories: 0.2}}, strategy: eeve}}
-""")
+    stages, model = 7 if untie else 4, extended_model(shared, tmp_path, untie=untie)
+    recipe = vi_recipe(tmp_path, shared, model,
+                       f"  - {{name: vi, tokens: {stages * 512}, mix: {{vi: 0.8, stories: 0.2}}, strategy: eeve}}",
+                       header="optimizer: {lr: 1.0e-2, weight_decay: 0.1}\nvalidation: {tokens_per_source: 512}\n" + extra,
+                       name=name)
     run = build_run(load_recipe(recipe), name, tmp_path / name, resume=False)
     train(run)
     return run, model
@@ -149,6 +139,11 @@ def test_every_eeve_stage_leaves_what_it_freezes_bit_identical(tmp_path, shared,
     names = [st.name for st in run.recipe.stages]
     assert names == ([f"vi.eeve{k}" for k in range(1, 7)] + ["vi"] if untie else
                      ["vi.eeve1-3", "vi.eeve4-5", "vi.eeve6", "vi"])  # stage 7 keeps the name: `vi@final`
+    from cpt.model.load import new_token_ids
+    from cpt.train.finish import export_model
+
+    export_model(run)
+    assert new_token_ids(run.out / "model") == NEW  # the export keeps the record: later runs can train new rows
     before = {n: p.detach().clone() for n, p in load(model_dir).named_parameters()}
     for st in run.recipe.stages:
         after = weights_at(run, f"{st.name}@final", model_dir)

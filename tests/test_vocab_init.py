@@ -102,7 +102,9 @@ def test_bad_input_is_refused_and_leaves_nothing(tmp_path, shared):
         (tmp_path / "small" / f).write_bytes((STORIES / f).read_bytes())
     with pytest.raises(CptError, match="its embedding has 300 rows but its tokenizer .* has 512 tokens"):
         init_model(tmp_path / "small", tok, tmp_path / "d")
-    assert not [p for p in tmp_path.iterdir() if p.name in ("a", "b", "c", "d") or p.name.startswith(".tmp")]
+    with pytest.raises(CptError, match="--model .*nope: folder not found"):
+        init_model(tmp_path / "nope", tok, tmp_path / "e")
+    assert not [p for p in tmp_path.iterdir() if p.name in ("a", "b", "c", "d", "e") or p.name.startswith(".tmp")]
 
 
 def test_extend_init_and_plan_eeve_from_the_command_line(tmp_path, shared, capsys):

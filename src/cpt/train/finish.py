@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 from ..fileio import replace_dir, write_json_atomic
+from ..recipe import VOCAB_EXTENSION
 from ..report import write_report
 from ..report.summary import build_summary
 
@@ -24,4 +25,7 @@ def export_model(run) -> None:
     run.model.config.use_cache = True
     run.model.save_pretrained(tmp, safe_serialization=True)
     run.tokenizer.save_pretrained(tmp)
+    record = None if run.recipe.model.path is None else run.recipe.model.path / VOCAB_EXTENSION
+    if record is not None and record.is_file():  # the added tokens stay known: a later run's new-row stages
+        shutil.copyfile(record, tmp / VOCAB_EXTENSION)
     replace_dir(tmp, final)

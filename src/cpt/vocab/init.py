@@ -42,7 +42,7 @@ class Pieces:
 def new_token_pieces(old_dir: Path, new_dir: Path) -> Pieces:
     """Check that the new tokenizer extends the old one (every old id keeps its token) and split
     each added token with the old BPE model."""
-    old, new = (_backend(d) for d in (old_dir, new_dir))
+    old, new = _backend(old_dir, "--model"), _backend(new_dir, "--tokenizer")
     old_vocab, new_vocab = old.get_vocab(with_added_tokens=True), new.get_vocab(with_added_tokens=True)
     moved = [t for t, i in old_vocab.items() if new_vocab.get(t) != i]
     if moved:
@@ -66,12 +66,12 @@ def new_token_pieces(old_dir: Path, new_dir: Path) -> Pieces:
     return Pieces(added, pieces)
 
 
-def _backend(folder: Path):
+def _backend(folder: Path, flag: str):
     from tokenizers import Tokenizer
 
     path = Path(folder) / "tokenizer.json"
     if not path.is_file():
-        raise CptError(f"{folder}: no tokenizer.json (a Hugging Face fast tokenizer folder is needed)")
+        raise CptError(f"{flag} {folder}: no tokenizer.json (a Hugging Face fast tokenizer folder is needed)")
     return Tokenizer.from_file(str(path))
 
 
@@ -102,6 +102,9 @@ def init_model(model_dir: Path, tokenizer_dir: Path, out: Path, input_init: str 
     model_dir, tokenizer_dir, out = Path(model_dir), Path(tokenizer_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CptError(f"--out {out}: exists and is not empty; choose a new folder")
+    for flag, folder in (("--model", model_dir), ("--tokenizer", tokenizer_dir)):
+        if not folder.is_dir():
+            raise CptError(f"{flag} {folder}: folder not found")
     old_dir = _old_tokenizer_dir(model_dir, tokenizer_dir)
     split = new_token_pieces(old_dir, tokenizer_dir)
     quiet_transformers()
@@ -179,9 +182,12 @@ def _write(model, tokenizer_dir: Path, out: Path, record: dict) -> None:
     tmp = out.parent / f".tmp-{out.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    for f in tokenizer_dir.iterdir():
-        if f.is_file() and f.name != VOCAB_EXTENSION and not (tmp / f.name).exists():
-            shutil.copy2(f, tmp / f.name)
-    write_json_atomic(tmp / VOCAB_EXTENSION, record)
-    replace_dir(tmp, out)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in tokenizer_dir.iterdir():
+            if f.is_file() and f.name != VOCAB_EXTENSION and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
+        write_json_atomic(tmp / VOCAB_EXTENSION, record)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failure leaves no half-written folder

@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, ValidationInfo, AfterValidator
 from . import presets
 from .config import Strict
 from .errors import RecipeError
+from .train.guard_cfg import NonFiniteCfg
 from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, Schedule, ConstantSchedule, Segment, decays,
                         plan_segments)
 
@@ -166,6 +167,7 @@ class Recipe(Strict):
     stages: list[StageCfg] = Field(min_length=1)
     eval: EvalCfg = EvalCfg()
     checkpoint: CheckpointCfg = CheckpointCfg()
+    nonfinite: NonFiniteCfg = NonFiniteCfg()  # skip NaN/Inf steps; stop after max_bad_steps in a row
     base_sources: list[str] = []  # the starting model's own pretraining data (D0), if known
     data_dir: RelPath | None = None  # shard cache shared between runs; default <out>/shards
     tokenize_workers: int = Field(0, ge=0)  # processes that tokenize; 0: one per CPU core

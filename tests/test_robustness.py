@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpt.build import _prepare_out_dir
+from cpt.build import claim_out_dir
 from cpt.checkpoint.manager import CheckpointManager
 from cpt.data.buffer import ReplayBuffer
 from cpt.data.shards import Shard, ShardWriter
@@ -41,14 +41,20 @@ def test_init_path_may_contain_an_at_sign():
 
 
 def test_output_folder_of_a_run_without_checkpoint_starts_over(tmp_path):
+    """Only files the run wrote, and that nobody changed since, are removed; the cache stays."""
     out = tmp_path / "run"
-    (out / "data").mkdir(parents=True)
+    folder = claim_out_dir(out, resume=False, recipe_hash="h", checkpoints=CheckpointManager(out / "checkpoints"))
+    (out / "data").mkdir()
     (out / "data" / "wiki.val.npy").write_bytes(b"stale")
     (out / "recipe.yaml").write_text("old")
     (out / "shards").mkdir()
     (out / "shards" / "wiki.abc.bin").write_bytes(b"cache")
-    _prepare_out_dir(out, resume=False, recipe_hash="h", checkpoints=CheckpointManager(out / "checkpoints"))
-    assert sorted(p.name for p in out.iterdir()) == ["shards"]  # derived files gone, cache kept
+    folder.record()
+    (out / "data" / "notes.txt").write_text("mine, added later")
+    folder.unlock()
+    claim_out_dir(out, resume=False, recipe_hash="h", checkpoints=CheckpointManager(out / "checkpoints"))
+    assert not (out / "recipe.yaml").exists() and not (out / "data" / "wiki.val.npy").exists()
+    assert (out / "data" / "notes.txt").read_text() == "mine, added later"
     assert (out / "shards" / "wiki.abc.bin").read_bytes() == b"cache"
 
 
@@ -56,11 +62,11 @@ def test_output_folder_with_foreign_files_or_a_file_is_refused(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(CptError, match="not a cpt run"):
-        _prepare_out_dir(tmp_path / "mine", False, "h", CheckpointManager(tmp_path / "mine" / "checkpoints"))
+        claim_out_dir(tmp_path / "mine", False, "h", CheckpointManager(tmp_path / "mine" / "checkpoints"))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     (tmp_path / "f").write_text("x")
     with pytest.raises(CptError, match="is a file"):
-        _prepare_out_dir(tmp_path / "f", False, "h", CheckpointManager(tmp_path / "c"))
+        claim_out_dir(tmp_path / "f", False, "h", CheckpointManager(tmp_path / "c"))
 
 
 def test_buffer_cut_keeps_eos_and_exact_budget(tmp_path):

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from .checkpoint.manager import CheckpointManager
 from .data.prepare import RunData
 from .errors import CptError
+from .runfolder import RunFolder
 from .fileio import write_text_atomic
 from .model.load import build_model, check_extension, load_tokenizer, new_token_ids
 from .recipe import Recipe
 from .schedules import Segment, plan_segments
+from .train.guard import NonFiniteGuard
+from .train.hooks import Hooks
 from .train.metrics import MetricsLog
 from .train.state import TrainState
 from .train.step import autocast_for, build_optimizer
@@ -38,6 +41,8 @@ class Run:
     state: TrainState
     recipe_hash: str
     new_ids: list[int] | None = None  # tokens added by a vocabulary extension (row-level `trainable:`)
+    folder: RunFolder | None = None  # the claimed, locked --out
+    hooks: Hooks = field(default_factory=lambda: Hooks([]))
     rows: list = field(default_factory=list)  # the TrainableRows of the stage running now
 
 
@@ -49,15 +54,21 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool) -> Run:
-    """Check the output folder, then build tokenizer, model, data and bookkeeping, in that order."""
+def recipe_fingerprint(recipe: Recipe) -> str:
+    """The validated recipe, not its text: a comment or a reordered key does not change a run."""
+    return hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16]
+
+
+def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_path: Path | None = None) -> Run:
+    """Claim the output folder, then build tokenizer, model, data and bookkeeping, in that order."""
     out = Path(out)
-    recipe_hash = hashlib.sha256(recipe_text.encode()).hexdigest()[:16]
+    recipe_hash = recipe_fingerprint(recipe)
     checkpoints = CheckpointManager(out / "checkpoints")
     segments = plan_segments(recipe)  # reads the LR stored with any `init:` checkpoint folder
-    _prepare_out_dir(out, resume, recipe_hash, checkpoints)
+    folder = claim_out_dir(out, resume, recipe_hash, checkpoints, recipe_path)
     write_text_atomic(out / "recipe.yaml", recipe_text)
 
+    torch.manual_seed(recipe.seed)  # the RNG state every checkpoint saves is the recipe's, not the clock's
     device = pick_device(recipe.device)
     tokenizer = load_tokenizer(recipe.tokenizer_path)
     model = build_model(recipe, tokenizer).to(device)
@@ -65,39 +76,50 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool) -> Run:
     check_extension(model, tokenizer, new_ids, recipe.model.path)
     model.train()
     data = RunData(recipe, out, tokenizer)
-    return Run(
+    run = Run(
         recipe=recipe, out=out, tokenizer=tokenizer, model=model,
         optimizer=build_optimizer(model, recipe.optimizer), device=device, autocast=autocast_for(device),
         data=data, validation=data.validation(), segments=segments,
         checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl"), state=TrainState(),
-        recipe_hash=recipe_hash, new_ids=new_ids,
+        recipe_hash=recipe_hash, new_ids=new_ids, folder=folder,
+        hooks=Hooks([NonFiniteGuard(recipe.nonfinite)]),
     )
+    folder.record()  # what this run wrote so far: a restart before the first checkpoint removes only that
+    return run
 
 
-# what a run writes before its first checkpoint; safe to clear when no checkpoint exists
-_RESTARTABLE = ("recipe.yaml", "metrics.jsonl", "data", "buffer", "plots", "summary.json", "report.md")
-
-
-def _prepare_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: CheckpointManager) -> None:
-    """Never write over another run. With a checkpoint, only --resume with the same recipe goes on;
-    a cpt folder without one (a run that failed or was killed early) starts over; anything else
-    must be a new or empty folder."""
-    if out.exists() and not out.is_dir():
+def claim_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: CheckpointManager,
+                  recipe_path: Path | None = None) -> RunFolder:
+    """Never write over anything that is not this run's. A folder is new or empty, or marked as a
+    cpt run (runfolder.py); it is locked for this process. With a checkpoint, only --resume with
+    the same recipe goes on; a run without one (failed or killed early) starts over, removing only
+    the files it wrote."""
+    folder = RunFolder(out)
+    if recipe_path is not None:
+        folder.check_placement(recipe_path)
+    elif out.exists() and not out.is_dir():
         raise CptError(f"--out {out}: is a file; give a folder")
-    if not out.exists() or not any(out.iterdir()):
-        out.mkdir(parents=True, exist_ok=True)
-        return
-    latest = checkpoints.latest() if checkpoints.root.is_dir() else None
+    latest = checkpoints.latest()
+    if folder.foreign():
+        raise CptError(f"--out {out}: holds files that are not a cpt run ({', '.join(folder.foreign()[:3])}); "
+                       "choose a new or empty folder")
+    folder.lock()
+    if not folder.is_run():
+        if resume:
+            tqdm.write(f"cpt: --resume: nothing to resume in {out}; a new run starts")
+        folder.mark(recipe_path or out / "recipe.yaml")
+        return folder
     if latest is not None:
         if not resume:
+            folder.unlock()
             raise CptError(f"--out {out}: already holds a run; pass --resume to continue it, or choose a new folder")
         theirs = CheckpointManager.read_meta(latest).get("recipe_hash")
         if theirs != recipe_hash:
-            raise CptError(f"--resume: the recipe differs from the one this run started with ({out / 'recipe.yaml'}); "
-                           "resume with that recipe, or start a new --out")
-        return
-    if not (out / "recipe.yaml").is_file():
-        raise CptError(f"--out {out}: holds files that are not a cpt run; choose a new or empty folder")
-    for name in _RESTARTABLE:  # no checkpoint: nothing trained yet is kept; shards are a cache
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            folder.unlock()
+            raise CptError(f"--resume: the recipe differs from the one this run started with "
+                           f"({folder.marker.get('recipe', out / 'recipe.yaml')}); resume with that recipe, or start a new --out")
+        return folder
+    if resume:
+        tqdm.write(f"cpt: --resume: no checkpoint in {out} yet; the run starts over")
+    folder.clean()  # no checkpoint: nothing trained yet is kept; shards are a cache
+    return folder

@@ -15,7 +15,7 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False) -> Path:
     from .train.finish import finish
     from .train.loop import train
 
-    run = build_run(recipe, Path(recipe_path).read_text(), Path(out), resume)
+    run = build_run(recipe, Path(recipe_path).read_text(encoding="utf-8"), Path(out), resume, recipe_path=Path(recipe_path))
     sizes = {n: SourceSize(d.stream.samples_per_epoch, d.stream.epoch_tokens, distinct=d.stream.distinct_tokens)
              for n, d in run.data.sources.items()}
     plans = plan_stages(recipe, run.segments, sizes)

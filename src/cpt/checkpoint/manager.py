@@ -2,12 +2,15 @@
 
 `checkpoints/<name>/` holds `state/` (DCP: model, optimizer, RNG — resharded on load, so a later
 run may resume on another number of processes) and `meta.json` (train counters, LR, schedule
-phase, parent). A checkpoint is written under `.tmp-<name>` and renamed into place, so a crash
-never leaves a folder that looks complete.
+phase, parent) and `manifest.json` (checksums, checkpoint/integrity.py). A checkpoint is written
+under `.tmp-<name>` and renamed into place, so a crash never leaves a folder that looks complete;
+one whose bytes changed since is detected on load, and loading never unpickles code
+(checkpoint/safe_dcp.py). Weights that are not finite are never written.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import warnings
@@ -16,12 +19,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from tqdm import tqdm
 
 from ..errors import CptError
 from ..fileio import fsync_dir, replace_dir, write_json_atomic
+from .integrity import CorruptCheckpoint, verify, write_manifest
+from .safe_dcp import SafeLoadPlanner, SafeReader
 
 META = "meta.json"
 
@@ -42,10 +47,32 @@ class CheckpointManager:
         return self.root / name
 
     def save(self, name: str, model, optimizer, meta: dict) -> Path:
+        check_finite(model, optimizer, f"checkpoint {name}")
         final = self.path(name)
         tmp = self.root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        need = state_bytes(model, optimizer)
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if free < need:
+            tqdm.write(f"cpt: warning: checkpoint {name} needs about {_gb(need)}, {self.root} has {_gb(free)} free")
+        try:
+            tmp.mkdir()
+            self._write(tmp, model, optimizer, {"name": name, **meta})
+            replace_dir(tmp, final)  # a stage end redone after a resume replaces the old copy whole
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            cause = _os_error(e)
+            if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CptError(f"{self.root}: no space left to save checkpoint {name} (it needs about {_gb(need)}); "
+                               "free space, then continue with --resume (earlier checkpoints are intact)") from None
+            if cause is not None and cause is not e:
+                raise cause from None  # DCP wraps OS errors; the CLI turns the plain one into a line
+            raise
+        return final
+
+    @staticmethod
+    def _write(tmp: Path, model, optimizer, meta: dict) -> None:
         # get_state_dict materialises a fresh optimizer's state with a zero-LR step, which would
         # make the next real AdamW step use step-2 bias correction; undo it after saving.
         fresh = not optimizer.state
@@ -57,23 +84,28 @@ class CheckpointManager:
         finally:
             if fresh:
                 optimizer.state.clear()
-        write_json_atomic(tmp / META, {"name": name, "optim_fresh": fresh, **meta})
+        write_json_atomic(tmp / META, {**meta, "optim_fresh": fresh})
         fsync_dir(tmp / "state")
-        replace_dir(tmp, final)  # a stage end redone after a resume replaces the old copy whole
-        return final
+        write_manifest(tmp)  # last: its presence says every file before it is complete
 
     @staticmethod
     def read_meta(path: Path) -> dict:
         try:
-            return json.loads((Path(path) / META).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            meta = json.loads((Path(path) / META).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CptError(f"{path}: not a cpt checkpoint ({e})") from None
+        if not isinstance(meta, dict):
+            raise CptError(f"{path / META}: not a cpt checkpoint (not a JSON object)")
+        return meta
 
     @staticmethod
-    def load(path: Path, model, optimizer, rng: bool = True) -> dict:
+    def load(path: Path, model, optimizer, rng: bool = True, verified: bool = False) -> dict:
         """Load model and optimizer (and the RNG) in place from a checkpoint folder; return its meta.
         The optimizer's state becomes exactly the saved one: moments of frozen parameters included,
-        none for parameters that had none (they had never trained)."""
+        none for parameters that had none (they had never trained). The files are verified against
+        their checksums first, unless the caller just did (`verified`)."""
+        if not verified:
+            verify(path)
         meta = CheckpointManager.read_meta(path)
         flags = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():  # ask DCP for every parameter's state; keep what the file has
@@ -85,15 +117,18 @@ class CheckpointManager:
             state["rng"] = torch.get_rng_state()
         try:
             with _quiet():
-                dcp.load(state, checkpoint_id=str(Path(path) / "state"),
-                         planner=DefaultLoadPlanner(allow_partial_load=True))
-                saved = dcp.FileSystemReader(str(Path(path) / "state")).read_metadata().state_dict_metadata
+                reader = SafeReader(str(Path(path) / "state"))
+                saved = reader.read_metadata().state_dict_metadata  # first: refuses a hostile pickle
+                dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(allow_partial_load=True))
             missing = [k for k in state["model"] if f"model.{k}" not in saved]
             if missing:
                 raise CptError(f"{path}: cannot load checkpoint into this model (no `{missing[0]}` in it)")
         except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
             if isinstance(e, CptError):
                 raise
+            inner = _inner(e)
+            if isinstance(inner, CptError):  # raised inside DCP's reader or planner
+                raise type(inner)(f"{path}: {inner}") from None
             last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise CptError(f"{path}: cannot load checkpoint into this model ({last})") from None
         finally:
@@ -110,16 +145,76 @@ class CheckpointManager:
             torch.set_rng_state(state["rng"])
         return meta
 
-    def latest(self) -> Path | None:
-        """The most recently saved complete checkpoint (by save sequence number)."""
-        best, best_seq = None, -1
-        for d in self.root.glob("*"):
+    def candidates(self) -> list[Path]:
+        """Checkpoint folders with readable metadata, newest first (by save sequence number)."""
+        found = []
+        for d in self.root.glob("*") if self.root.is_dir() else []:
             if d.name.startswith(".") or not (d / META).is_file():
                 continue
             try:
                 seq = self.read_meta(d).get("seq", -1)
             except CptError:  # unreadable metadata: not a checkpoint to resume from
                 continue
-            if seq > best_seq:
-                best, best_seq = d, seq
-        return best
+            found.append((seq if isinstance(seq, int) else -1, d))
+        return [d for _, d in sorted(found, key=lambda t: t[0], reverse=True)]
+
+    def latest(self) -> Path | None:
+        """The most recently saved checkpoint, intact or not."""
+        found = self.candidates()
+        return found[0] if found else None
+
+    def newest_intact(self) -> Path | None:
+        """The newest checkpoint whose files match their checksums; each one skipped is named in a
+        one-line warning (a resume then redoes the steps since the one it uses)."""
+        for d in self.candidates():
+            try:
+                verify(d)
+                return d
+            except CorruptCheckpoint as e:
+                tqdm.write(f"cpt: warning: skipping checkpoint: {' '.join(str(e).split())}")
+        return None
+
+
+def check_finite(model, optimizer, what: str) -> None:
+    """Refuse to write NaN or Inf weights or moments: a checkpoint (or export) is a point to come
+    back to, and one that holds NaN poisons every run started from it."""
+    tensors = [("weights", p) for p in model.parameters()]
+    states = optimizer.state.values() if optimizer is not None else []
+    tensors += [("optimizer state", t) for st in states for t in st.values() if torch.is_tensor(t) and t.is_floating_point()]
+    for kind, t in tensors:
+        if not bool(torch.isfinite(t).all()):
+            raise CptError(f"{what}: the model's {kind} hold NaN or Inf; refusing to write them "
+                           "(lower the LR, or resume from an earlier checkpoint)")
+
+
+def state_bytes(model, optimizer) -> int:
+    """What a save writes, about: weights plus optimizer moments (a full copy per moment)."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    moments = sum(t.numel() * t.element_size() for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t))
+    return params + max(moments, 2 * params)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _inner(e: BaseException) -> BaseException:
+    """The exception DCP wrapped in a `CheckpointException` (a failure per rank), else `e`."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        if isinstance(first, BaseException):
+            return _inner(first)
+    return e
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e`, looking through DCP's wrapping and exception chains."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e = _inner(e)
+        if isinstance(e, OSError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+from ..checkpoint.manager import check_finite
 from ..fileio import replace_dir, write_json_atomic
 from ..recipe import VOCAB_EXTENSION
 from ..report import write_report
@@ -20,6 +21,7 @@ def finish(run) -> None:
 def export_model(run) -> None:
     """Weights (safetensors) and tokenizer as a folder `AutoModelForCausalLM` loads; written
     beside and renamed into place."""
+    check_finite(run.model, None, f"export to {run.out / 'model'}")
     final, tmp = run.out / "model", run.out / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
     run.model.config.use_cache = True

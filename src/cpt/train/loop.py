@@ -27,6 +27,7 @@ def train(run) -> None:
             s.stage_step, s.global_step, s.tokens = s.stage_step + 1, s.global_step + 1, s.tokens + batch_tokens
             seconds = time.perf_counter() - t0
             after_step(run, stage, result, lr, seconds, tokens)
+            run.hooks.on_step_end(run, stage, result)
             bar.update()
             bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{batch_tokens / seconds:,.0f}")
         bar.close()
@@ -34,16 +35,18 @@ def train(run) -> None:
 
 
 def resume(run) -> bool:
-    """Continue from the newest checkpoint in the run folder, if any; True when resumed."""
-    path = run.checkpoints.latest()
+    """Continue from the newest intact checkpoint in the run folder, if any; True when resumed.
+    A checkpoint that fails its checksums is skipped (with a warning) for the one before it."""
+    path = run.checkpoints.newest_intact()
     if path is None:
         run.metrics.truncate(0)  # no checkpoint: any log is from a run that died before its first
         return False
     state = run.checkpoints.read_meta(path)["train_state"]
     if state["entered"]:  # saved inside a stage: its trainable rows are part of what was saved
         start_rows(run, state["stage_index"])
-    meta = run.checkpoints.load(path, run.model, run.optimizer)
+    meta = run.checkpoints.load(path, run.model, run.optimizer, verified=True)
     run.state.load_state_dict(meta["train_state"])
+    run.hooks.load_state_dict(meta.get("hooks", {}))
     run.metrics.truncate(run.state.metrics_bytes)
     tqdm.write(f"resuming from {path} (stage {meta['stage']}, step {meta['global_step']}, {meta['tokens']:,} tokens)")
     return True

@@ -6,6 +6,7 @@ resumed run is the log of an uninterrupted one."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -16,8 +17,11 @@ class MetricsLog:
         self.path.touch()
 
     def write(self, record: dict) -> None:
+        bad = sorted(_nonfinite_keys(record))
+        if bad:  # JSON has no NaN: write null and say which fields were not finite
+            record = {**_finite(record), "nonfinite": bad}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def size(self) -> int:
         return self.path.stat().st_size
@@ -28,3 +32,23 @@ class MetricsLog:
     def records(self) -> list[dict]:
         with open(self.path) as f:
             return [json.loads(line) for line in f if line.strip()]
+
+
+def _nonfinite_keys(obj, prefix: str = ""):
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, float) and not math.isfinite(v):
+            yield key
+        elif isinstance(v, (dict, list)):
+            yield from _nonfinite_keys(v, key + ".")
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj

@@ -70,7 +70,8 @@ def save_checkpoint(run, stage: Stage, name: str, lr: float, stage_tokens: int) 
     meta = {"seq": s.checkpoints_saved, "stage": stage.name, "stage_tokens": t, "tokens": s.tokens,
             "global_step": s.global_step, "lr": lr, "phase": stage.segment.phase(t),
             "batch_tokens": run.recipe.stage_batch(stage.cfg),
-            "data_seen": data_seen(run, cursors), "recipe_hash": run.recipe_hash, "train_state": s.state_dict()}
+            "data_seen": data_seen(run, cursors), "recipe_hash": run.recipe_hash, "train_state": s.state_dict(),
+            "hooks": run.hooks.state_dict()}
     run.checkpoints.save(name, run.model, run.optimizer, meta)
 
 
@@ -139,7 +140,7 @@ def after_step(run, stage: Stage, result: StepResult, lr: float, seconds: float,
     crc = zlib.crc32(tokens.cpu().numpy().tobytes())
     run.metrics.write({"kind": "train", "stage": stage.name, "step": s.global_step, "tokens": s.tokens,
                        "batch_crc32": crc, "lr": lr, "loss": result.loss, "grad_norm": result.grad_norm,
-                       "tokens_per_s": batch_tokens / max(seconds, 1e-9)})
+                       "tokens_per_s": batch_tokens / max(seconds, 1e-9), **({"skipped": True} if result.skipped else {})})
     last = s.stage_step == stage.steps
     if r.eval.every_tokens and _crossed(s.tokens, batch_tokens, r.eval.every_tokens) and not last:
         run_eval(run, stage, "periodic")

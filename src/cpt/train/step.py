@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ def autocast_for(device: torch.device):
 class StepResult:
     loss: float  # mean over the step's micro-batches
     grad_norm: float
+    skipped: bool = False  # loss or gradient norm not finite: no update was made (train/guard.py)
 
 
 def train_step(model, optimizer, micro_batches: torch.Tensor, lr: float, grad_clip: float | None,
@@ -50,6 +52,9 @@ def train_step(model, optimizer, micro_batches: torch.Tensor, lr: float, grad_cl
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     else:
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-    optimizer.step()
+    loss, norm = float(total), float(norm)
+    skipped = not (math.isfinite(loss) and math.isfinite(norm))
+    if not skipped:  # a NaN/Inf gradient would poison every weight and both AdamW moments
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=float(total), grad_norm=float(norm))
+    return StepResult(loss=loss, grad_norm=norm, skipped=skipped)

@@ -125,17 +125,22 @@ def test_exported_model_loads_and_generates(uninterrupted):
     assert ids.shape[1] > 5
 
 
-def test_kill_and_resume_matches_uninterrupted(uninterrupted, tmp_path):
-    recipe, full = uninterrupted
-    out = tmp_path / "killed"
+def killed_run(recipe: Path, out: Path, after: str = "step-0000008") -> None:
+    """Start the recipe and kill -9 it as soon as checkpoint `after` exists."""
     proc = subprocess.Popen([*CPT, "run", str(recipe), "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
     deadline = time.time() + 120
-    while not (out / "checkpoints" / "step-0000008").exists() and proc.poll() is None and time.time() < deadline:
+    while not (out / "checkpoints" / after).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "summary.json").exists(), "the run finished before it could be killed"
+
+
+def test_kill_and_resume_matches_uninterrupted(uninterrupted, tmp_path):
+    recipe, full = uninterrupted
+    out = tmp_path / "killed"
+    killed_run(recipe, out)
     res = cpt("run", recipe, "--out", out, "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text()) == json.loads((full / "summary.json").read_text())
@@ -155,3 +160,24 @@ def test_fresh_run_refuses_existing_out_and_changed_recipe_on_resume(uninterrupt
     res = cpt("run", changed, "--out", full, "--resume")
     assert res.returncode == 2 and "recipe differs" in res.stderr
     assert (full / "summary.json").read_bytes() == before
+
+
+def test_corrupted_checkpoint_falls_back_and_matches_uninterrupted(uninterrupted, tmp_path):
+    """4 KB of garbage in the newest checkpoint's tensor file: --resume warns, takes the one
+    before, redoes the steps since, and ends equal to the uninterrupted run."""
+    from cpt.checkpoint.manager import CheckpointManager
+
+    recipe, full = uninterrupted
+    out = tmp_path / "corrupted"
+    killed_run(recipe, out, after="step-0000012")
+    newest = CheckpointManager(out / "checkpoints").latest()
+    shard = next((newest / "state").glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[100:100 + 4096] = os.urandom(min(4096, len(data) - 100))
+    shard.write_bytes(bytes(data))
+    res = cpt("run", recipe, "--out", out, "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    warnings = [ln for ln in res.stderr.splitlines() if "skipping checkpoint" in ln]
+    assert len(warnings) == 1 and newest.name in warnings[0] and "checksum" in warnings[0]
+    assert json.loads((out / "summary.json").read_text()) == json.loads((full / "summary.json").read_text())
+    assert train_records(out) == train_records(full)

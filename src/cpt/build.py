@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .checkpoint.manager import CheckpointManager
 from .data.prepare import RunData
 from .errors import CptError
+from .notify import note
 from .runfolder import RunFolder
 from .fileio import write_text_atomic
 from .model.load import build_model, check_extension, load_tokenizer, new_token_ids
@@ -106,7 +106,7 @@ def claim_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: Checkp
     folder.lock()
     if not folder.is_run():
         if resume:
-            tqdm.write(f"cpt: --resume: nothing to resume in {out}; a new run starts")
+            note(f"--resume: nothing to resume in {out}; a new run starts")
         folder.mark(recipe_path or out / "recipe.yaml")
         return folder
     if latest is not None:
@@ -120,6 +120,6 @@ def claim_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: Checkp
                            f"({folder.marker.get('recipe', out / 'recipe.yaml')}); resume with that recipe, or start a new --out")
         return folder
     if resume:
-        tqdm.write(f"cpt: --resume: no checkpoint in {out} yet; the run starts over")
+        note(f"--resume: no checkpoint in {out} yet; the run starts over")
     folder.clean()  # no checkpoint: nothing trained yet is kept; shards are a cache
     return folder

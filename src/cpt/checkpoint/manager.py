@@ -21,9 +21,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from tqdm import tqdm
 
 from ..errors import CptError
+from ..notify import warn
 from ..fileio import fsync_dir, replace_dir, write_json_atomic
 from .integrity import CorruptCheckpoint, verify, write_manifest
 from .safe_dcp import SafeLoadPlanner, SafeReader
@@ -53,9 +53,9 @@ class CheckpointManager:
         shutil.rmtree(tmp, ignore_errors=True)
         need = state_bytes(model, optimizer)
         self.root.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.root).free
+        free = _free(self.root)
         if free < need:
-            tqdm.write(f"cpt: warning: checkpoint {name} needs about {_gb(need)}, {self.root} has {_gb(free)} free")
+            warn(f"checkpoint {name} needs about {_gb(need)}, {self.root} has {_gb(free)} free")
         try:
             tmp.mkdir()
             self._write(tmp, model, optimizer, {"name": name, **meta})
@@ -63,7 +63,9 @@ class CheckpointManager:
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             cause = _os_error(e)
-            if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            # torch.save's zip writer reports a full disk as a RuntimeError: ask the disk itself
+            full = cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+            if full or (not isinstance(e, (KeyboardInterrupt, SystemExit)) and _free(self.root) < need):
                 raise CptError(f"{self.root}: no space left to save checkpoint {name} (it needs about {_gb(need)}); "
                                "free space, then continue with --resume (earlier checkpoints are intact)") from None
             if cause is not None and cause is not e:
@@ -171,7 +173,7 @@ class CheckpointManager:
                 verify(d)
                 return d
             except CorruptCheckpoint as e:
-                tqdm.write(f"cpt: warning: skipping checkpoint: {' '.join(str(e).split())}")
+                warn(f"skipping checkpoint: {e}")
         return None
 
 
@@ -192,6 +194,13 @@ def state_bytes(model, optimizer) -> int:
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     moments = sum(t.numel() * t.element_size() for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t))
     return params + max(moments, 2 * params)
+
+
+def _free(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 1 << 62
 
 
 def _gb(n: int) -> str:

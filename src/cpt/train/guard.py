@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from tqdm import tqdm
 
 from ..errors import CptError
+from ..notify import warn
 from .guard_cfg import NonFiniteCfg
 from .hooks import Hook
 
@@ -28,7 +28,7 @@ class NonFiniteGuard(Hook):
         self.skipped += 1
         s = run.state
         lr = stage.lr(s.stage_step - 1, run.recipe.stage_batch(stage.cfg))
-        tqdm.write(f"cpt: warning: step {s.global_step} (stage {stage.name}, lr {lr:.3g}): loss {result.loss}, "
+        warn(f"step {s.global_step} (stage {stage.name}, lr {lr:.3g}): loss {result.loss}, "
                    f"gradient norm {result.grad_norm}; step skipped, no update ({self.in_a_row} in a row)")
         if self.in_a_row >= self.max_bad:
             last = run.checkpoints.latest()

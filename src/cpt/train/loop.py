@@ -18,19 +18,19 @@ def train(run) -> None:
         stage = plan_stage(run, index)
         begin_stage(run, stage)
         batch_tokens = r.stage_batch(stage.cfg)
-        bar = tqdm(total=stage.steps, initial=s.stage_step, desc=f"stage {stage.name}", unit="step")
-        while s.stage_step < stage.steps:
-            t0 = time.perf_counter()
-            lr = stage.lr(s.stage_step, batch_tokens)
-            tokens = batch(run, stage, s.stage_step)
-            result = train_step(run.model, run.optimizer, tokens, lr, r.optimizer.grad_clip, run.autocast)
-            s.stage_step, s.global_step, s.tokens = s.stage_step + 1, s.global_step + 1, s.tokens + batch_tokens
-            seconds = time.perf_counter() - t0
-            after_step(run, stage, result, lr, seconds, tokens)
-            run.hooks.on_step_end(run, stage, result)
-            bar.update()
-            bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{batch_tokens / seconds:,.0f}")
-        bar.close()
+        # a bar closed on the way out: an error that stops the run gets a line of its own
+        with tqdm(total=stage.steps, initial=s.stage_step, desc=f"stage {stage.name}", unit="step") as bar:
+            while s.stage_step < stage.steps:
+                t0 = time.perf_counter()
+                lr = stage.lr(s.stage_step, batch_tokens)
+                tokens = batch(run, stage, s.stage_step)
+                result = train_step(run.model, run.optimizer, tokens, lr, r.optimizer.grad_clip, run.autocast)
+                s.stage_step, s.global_step, s.tokens = s.stage_step + 1, s.global_step + 1, s.tokens + batch_tokens
+                seconds = time.perf_counter() - t0
+                after_step(run, stage, result, lr, seconds, tokens)
+                run.hooks.on_step_end(run, stage, result)
+                bar.update()
+                bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{batch_tokens / seconds:,.0f}")
         end_stage(run, stage)
 
 

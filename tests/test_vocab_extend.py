@@ -168,6 +168,8 @@ def test_gpt2_extended_with_vietnamese(shared, corpora, tmp_path, capsys):
     assert m["en_same"] >= 0.99 and abs(m["en_change"]) <= 0.005, m
     assert m["vi_change"] <= -0.30, m
     assert any(d["token"] == "ĠngÆ°á»Ŀi" for d in meta["tokens"])  # " người", byte-level spelled
+    # viwiki's CRLF line breaks made `čĊ` runs tokens before issue 13; runs of spaces stay allowed
+    assert not [d["token"] for d in meta["tokens"] if set(d["token"]) <= set("ĠčĊĉ") and set(d["token"]) != {"Ġ"}]
 
     # report: the same numbers through the CLI, written as JSON
     rc = main(["vocab", "report", "--old", str(base), "--new", str(out), "--corpus", str(corpora["train"]),
@@ -189,7 +191,7 @@ def test_sentencepiece_style_extended_with_vietnamese(shared, corpora, tmp_path,
     base, out = shared / "models/stories260K", tmp_path / "stories-vi"
     en = [shared / "corpora/en/tinystories.txt", shared / "corpora/en/wikipedia_en.txt"]
     # Without --protect, Vietnamese pieces such as "ng" re-split most English paragraphs of this
-    # 512-token vocab (6% stay the same); --protect is what keeps them.
+    # 512-token vocab (7% stay the same); --protect is what keeps them.
     rc, meta = _extend(base, out, corpora["train"], "--protect", *map(str, en), "--separator", "<|endoftext|>")
     assert rc == 0, capsys.readouterr().err
     assert not (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists()
@@ -197,7 +199,7 @@ def test_sentencepiece_style_extended_with_vietnamese(shared, corpora, tmp_path,
     assert m["en_same"] >= 0.99 and abs(m["en_change"]) <= 0.005, m
     assert m["vi_change"] <= -0.30, m
     chars = [d["token"] for d in meta["tokens"] if len(d["token"]) == 1]
-    assert {"đ", "ư", "ộ"} <= set(chars) and "\n" not in chars  # "\n": in most protected stories
+    assert {"đ", "ư", "ộ"} <= set(chars) and "\n" not in chars  # "\n": never a new token
 
     proto = pb.ModelProto()
     proto.ParseFromString((out / "tokenizer.model").read_bytes())

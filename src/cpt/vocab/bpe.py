@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Collection, Mapping
+from typing import Callable, Collection, Mapping
 
 
 @dataclass
@@ -24,21 +24,32 @@ class Learned:
 
 def learn_merges(words: Mapping[tuple[str, ...], int], vocab: Collection[str], n_tokens: int,
                  min_frequency: int = 2, banned: Collection[tuple[str, str]] = (),
-                 reserved: Collection[str] = ()) -> Learned:
+                 reserved: Collection[str] = (), allowed: Callable[[str], bool] | None = None) -> Learned:
     """Greedy BPE on `words` (token sequence -> frequency) until `n_tokens` tokens not in `vocab`
     are made, or the best pair occurs fewer than `min_frequency` times.
 
     Ties go to the smaller (left, right) strings, so the result depends only on the input. A merge
-    whose result is already in `vocab` is kept but adds no token. Pairs in `banned` and merges that
-    would produce a string in `reserved` (special tokens, byte-fallback names) are never learned."""
+    whose result is already in `vocab` is kept but adds no token. Pairs in `banned`, merges that
+    would produce a string in `reserved` (special tokens, byte-fallback names) and merges whose
+    result `allowed` refuses (`pieces`: the base's piece rules) are never counted, so never learned
+    and they cost no token."""
     seqs = [list(w) for w in words]
     freqs = list(words.values())
     counts: dict[tuple[str, str], int] = defaultdict(int)
     where: dict[tuple[str, str], set[int]] = defaultdict(set)  # may hold stale word indices
+    verdicts: dict[tuple[str, str], bool] = {}
+
+    def counted(p: tuple[str, str]) -> bool:
+        if p not in verdicts:
+            t = p[0] + p[1]
+            verdicts[p] = p not in banned and t not in reserved and (allowed is None or allowed(t))
+        return verdicts[p]
+
     for i, (s, f) in enumerate(zip(seqs, freqs)):
         for p in zip(s, s[1:]):
-            counts[p] += f
-            where[p].add(i)
+            if counted(p):
+                counts[p] += f
+                where[p].add(i)
     # Lazy invalidation: an entry whose count is stale is re-pushed with the current count when it
     # surfaces. Counts that grow are pushed at once, so no entry ever understates its pair.
     heap = [(-c, a, b) for (a, b), c in counts.items()]
@@ -53,21 +64,19 @@ def learn_merges(words: Mapping[tuple[str, ...], int], vocab: Collection[str], n
             continue
         if c < min_frequency:
             break
-        if (a, b) in banned or a + b in reserved:
-            continue  # pushed again only if its count changes, then skipped again
         out.merges.append((a, b))
         if a + b not in vocab and a + b not in made:
             made.add(a + b)
             out.tokens.append((a + b, c))
-        grown = _apply(a, b, seqs, freqs, counts, where)
+        grown = _apply(a, b, seqs, freqs, counts, where, counted)
         for p in grown:
             heapq.heappush(heap, (-counts[p], *p))
     return out
 
 
-def _apply(a: str, b: str, seqs, freqs, counts, where) -> set[tuple[str, str]]:
-    """Merge every (a, b) in the words that hold it, updating pair counts and the index.
-    Returns the pairs whose counts grew (they need a fresh heap entry)."""
+def _apply(a: str, b: str, seqs, freqs, counts, where, counted) -> set[tuple[str, str]]:
+    """Merge every (a, b) in the words that hold it, updating the counts of the pairs that are
+    `counted` and the index. Returns the pairs whose counts grew (they need a fresh heap entry)."""
     grown = set()
     for i in where.pop((a, b)):
         s, f = seqs[i], freqs[i]
@@ -84,7 +93,7 @@ def _apply(a: str, b: str, seqs, freqs, counts, where) -> set[tuple[str, str]]:
         delta = Counter(zip(merged, merged[1:]))
         delta.subtract(Counter(zip(s, s[1:])))
         for p, d in delta.items():
-            if d:
+            if d and counted(p):
                 counts[p] += d * f
                 if d > 0:
                     where[p].add(i)
@@ -97,12 +106,13 @@ def _apply(a: str, b: str, seqs, freqs, counts, where) -> set[tuple[str, str]]:
 
 
 def missing_characters(words: Mapping[str, int], vocab: Collection[str], min_frequency: int = 2,
-                       coverage: float = 0.9995) -> list[tuple[str, int]]:
+                       coverage: float = 0.9995, allowed: Callable[[str], bool] | None = None) -> list[tuple[str, int]]:
     """Characters of `words` (string -> frequency) absent from `vocab`, most frequent first (ties by
     character): those among the most frequent characters that together make up `coverage` of all
     character occurrences (SentencePiece's character_coverage) and occur `min_frequency` times or
-    more. A SentencePiece-style BPE spells a missing character as byte-fallback tokens, which never
-    merge; the rare rest stays spelled that way rather than spend the budget."""
+    more, and that `allowed` accepts (`pieces`: never whitespace or control characters). A
+    SentencePiece-style BPE spells a missing character as byte-fallback tokens, which never merge;
+    the rare rest stays spelled that way rather than spend the budget."""
     chars: Counter[str] = Counter()
     for w, f in words.items():
         for ch in w:
@@ -112,6 +122,6 @@ def missing_characters(words: Mapping[str, int], vocab: Collection[str], min_fre
         if seen >= coverage * total or n < min_frequency:
             break
         seen += n
-        if c not in vocab:
+        if c not in vocab and (allowed is None or allowed(c)):
             found.append((c, n))
     return found

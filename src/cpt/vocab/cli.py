@@ -4,6 +4,7 @@ model rows for the new tokens."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import CptError
@@ -18,11 +19,19 @@ and new ids follow the largest old id, so every old id, merge and special token 
 SentencePiece-style bases first get the corpus's missing characters (up to --character-coverage),
 which count toward N.
 
+New tokens follow the base's own piece rules: never whitespace or control characters (line
+breaks, CRLF), and for SentencePiece-style bases the trainer_spec of tokenizer.model (else
+Llama-2's): one Unicode script per piece (no `'s` or `i,`), digits alone, `▁` only first, no
+longer than max_sentencepiece_length (Llama-2: 16). Pieces that break them are never learned
+and cost no slot.
+
 --protect FILE: base-language text whose tokenization must stay as it was: merges on pairs it
-holds are never learned, and new characters may touch at most 1% of its documents. Measured with
-1,000 tokens from viwiki: GPT-2 keeps 99.8% of English paragraphs without it; stories260K's
-512-token SentencePiece-style vocab keeps 6% without it and 99.8% with it. Pass it for small
-vocabularies; it costs the new language a part of its gain (stories260K: 45% -> 32% fewer tokens).
+holds are never learned, and new characters may touch at most 1% of its documents; the command
+prints the share of its documents that still changed. Without it, a warning: base-language text
+may change. Measured with 1,000 tokens from viwiki: GPT-2 keeps 99.8% of English paragraphs
+without it; stories260K's 512-token SentencePiece-style vocab keeps 7% without it and 99.8% with
+it. Pass it for small vocabularies; it costs the new language a part of its gain (stories260K:
+41% -> 31% fewer tokens).
 
 --out gets the base folder's tokenizer files with tokenizer.json (and tokenizer.model) extended,
 plus vocab_extension.json (base_size, new_ids, each new token and its corpus frequency). When the
@@ -36,9 +45,10 @@ REPORT_HELP = """Fertility (tokens per word and per character) of each corpus un
 new tokenizer, the share of documents whose ids changed (on base-language text: the regression),
 round-trip failures (decode(encode(x)) differs from the old tokenizer's), and how many new tokens
 BPE can build from their own characters. With tokenizer.model in both folders, also how often
-SentencePiece gives the same ids as tokenizer.json. Run it once per corpus format: --format,
---separator and --text-field apply to every --corpus file; a document is a paragraph with
---format lines.
+SentencePiece gives the same ids as tokenizer.json. A warning comes first when --new is not an
+extension of --old (an old token has another id, or the old merges do not come first). Run it
+once per corpus format: --format, --separator and --text-field apply to every --corpus file; a
+document is a paragraph with --format lines.
 
 Example: cpt vocab report --old models/smollm2 --new models/smollm2-vi --corpus en/wiki.txt vi/wiki.jsonl"""
 
@@ -76,7 +86,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        formatter_class=fmt)
     e.add_argument("--base", type=Path, required=True, metavar="DIR", help="the tokenizer folder to extend (read only)")
     e.add_argument("--corpus", type=Path, nargs="+", required=True, metavar="FILE", help="new-language text")
-    e.add_argument("--add", type=int, required=True, metavar="N", help="how many new tokens to learn")
+    e.add_argument("--add", required=True, metavar="N", help="how many new tokens to learn")
     e.add_argument("--out", type=Path, required=True, metavar="DIR", help="new folder (must not exist or be empty)")
     e.add_argument("--min-frequency", type=int, default=2, metavar="F",
                    help="keep only tokens seen at least F times in the corpus (default: 2)")
@@ -102,7 +112,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     i.add_argument("--untie", action="store_true", help="give a tied model a separate output embedding first")
     i.add_argument("--cov-scale", type=float, default=1e-5, metavar="S",
                    help="multivariate: the covariance's scale (default: 1e-5, Hewitt)")
-    i.add_argument("--pad-to-multiple-of", type=int, metavar="K", help="round the embedding rows up to a multiple of K")
+    i.add_argument("--pad-to-multiple-of", metavar="K", help="round the embedding rows up to a multiple of K")
     i.add_argument("--seed", type=int, default=0, help="random and multivariate draws (default: 0)")
     return p
 
@@ -115,13 +125,30 @@ def _reader(args):
     return reader(args.format, args.separator, args.text_field)
 
 
+def _whole(text: str | None, flag: str) -> int | None:
+    """A count as typed (`8000`, `1e9`), read here so that a bad one is a one-line CptError."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer():  # nan, inf, 2.5
+        raise CptError(f"{flag}: {text!r} is not a whole number; give a count such as 1000")
+    return int(value)
+
+
 def _extend(args) -> int:
     from .extend import extend
 
     if not 0 < args.character_coverage <= 1:
         raise CptError(f"--character-coverage: {args.character_coverage}; give a share in (0, 1]")
-    meta = extend(args.base, args.corpus, args.add, args.out, _reader(args), args.min_frequency, args.protect,
-                  args.character_coverage)
+    meta = extend(args.base, args.corpus, _whole(args.add, "--add"), args.out, _reader(args), args.min_frequency,
+                  args.protect, args.character_coverage)
     s = meta["seconds"]
     print(f"{args.out}: {meta['base_size']:,} -> {meta['size']:,} tokens (ids {meta['new_ids'][0]}-{meta['new_ids'][1]}), "
           f"{meta['merges_added']:,} merges appended; corpus read in {s['count']:.1f} s, "
@@ -129,6 +156,13 @@ def _extend(args) -> int:
     if meta["unreachable"]:
         print(f"warning: {len(meta['unreachable'])} new tokens are not built from their own characters "
               f"(they still occur inside longer words): {meta['unreachable'][:5]}")
+    if "protect_changed" in meta:
+        p = meta["protect_changed"]
+        print(f"--protect text: {p['changed']:,} of {p['documents']:,} documents "
+              f"({100 * p['changed'] / max(p['documents'], 1):.2f}%) tokenize differently")
+    else:
+        print("warning: without --protect, base-language text may tokenize differently; pass --protect FILE with "
+              "base-language text to keep it (cpt vocab report measures the change)", file=sys.stderr)
     return 0
 
 
@@ -153,10 +187,8 @@ def _init(args) -> int:
 
     if args.cov_scale <= 0:
         raise CptError(f"--cov-scale: {args.cov_scale}; give a positive scale")
-    if args.pad_to_multiple_of is not None and args.pad_to_multiple_of < 1:
-        raise CptError(f"--pad-to-multiple-of: {args.pad_to_multiple_of}; give 1 or more")
     r = init_model(args.model, args.tokenizer, args.out, args.input_init, args.output_init, args.untie, args.seed,
-                   args.cov_scale, args.pad_to_multiple_of)
+                   args.cov_scale, _whole(args.pad_to_multiple_of, "--pad-to-multiple-of"))
     tied = "tied (one matrix)" if r["tied"] else f"untied, output rows: {r['output_init']}"
     print(f"{args.out}: {r['base_size']:,} -> {r['size']:,} tokens ({r['embedding_rows']:,} embedding rows), "
           f"input rows: {r['input_init']}, {tied}; {r['pieces_per_token']:.2f} old pieces per new token")

@@ -29,6 +29,9 @@ from ..errors import CptError
 from ..fileio import replace_dir, write_json_atomic
 from ..model.load import quiet_transformers
 from ..recipe import VOCAB_EXTENSION
+from .files import read_tokenizer
+
+MAX_PAD = 65_536  # --pad-to-multiple-of at most: padding is for kernel-friendly shapes, not room to grow
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Pieces:
 def new_token_pieces(old_dir: Path, new_dir: Path) -> Pieces:
     """Check that the new tokenizer extends the old one (every old id keeps its token) and split
     each added token with the old BPE model."""
-    old, new = _backend(old_dir, "--model"), _backend(new_dir, "--tokenizer")
+    (_, old), (_, new) = read_tokenizer(old_dir, "--model"), read_tokenizer(new_dir, "--tokenizer")
     old_vocab, new_vocab = old.get_vocab(with_added_tokens=True), new.get_vocab(with_added_tokens=True)
     moved = [t for t, i in old_vocab.items() if new_vocab.get(t) != i]
     if moved:
@@ -64,15 +67,6 @@ def new_token_pieces(old_dir: Path, new_dir: Path) -> Pieces:
     if empty:
         raise CptError(f"--tokenizer {new_dir}: the old tokenizer splits the new token {empty[0]!r} into nothing")
     return Pieces(added, pieces)
-
-
-def _backend(folder: Path, flag: str):
-    from tokenizers import Tokenizer
-
-    path = Path(folder) / "tokenizer.json"
-    if not path.is_file():
-        raise CptError(f"{flag} {folder}: no tokenizer.json (a Hugging Face fast tokenizer folder is needed)")
-    return Tokenizer.from_file(str(path))
 
 
 def init_rows(old: torch.Tensor, pieces: list[list[int]], method: str, generator: torch.Generator,
@@ -100,6 +94,8 @@ def init_model(model_dir: Path, tokenizer_dir: Path, out: Path, input_init: str 
     from transformers import AutoModelForCausalLM
 
     model_dir, tokenizer_dir, out = Path(model_dir), Path(tokenizer_dir), Path(out)
+    if pad_to_multiple_of is not None and not 1 <= pad_to_multiple_of <= MAX_PAD:
+        raise CptError(f"--pad-to-multiple-of: {pad_to_multiple_of}; give 1 to {MAX_PAD:,} (kernels like 64 or 128)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CptError(f"--out {out}: exists and is not empty; choose a new folder")
     for flag, folder in (("--model", model_dir), ("--tokenizer", tokenizer_dir)):

@@ -173,6 +173,20 @@ def test_a_diverging_run_stops_and_writes_nothing_non_finite(tmp_path, shared, c
         assert all(torch.isfinite(p).all() for p in model.parameters()), ckpt
 
 
+def test_a_run_with_skipped_steps_finishes_and_reports_them(tmp_path, shared):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(shared, lr="1.0e+4", extra="nonfinite: {max_bad_steps: 100}"))
+    out = tmp_path / "out"
+    assert main(["run", str(recipe), "--out", str(out)]) == 0
+    (stage,) = json.loads((out / "summary.json").read_text())["stages"]
+    assert stage["skipped_steps"] == [2, 3, 4, 5, 6, 7, 8]  # step 1 blew the weights up; no update after
+    assert "**Skipped steps** (NaN or Inf loss or gradient, no update made): 7" in (out / "report.md").read_text()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_non_finite_weights_are_never_written(tmp_path):
     model, opt = trained()
     ckpts = CheckpointManager(tmp_path)
@@ -345,3 +359,13 @@ def test_losses_that_are_not_finite_stay_valid_json(tmp_path):
     log.write({"loss": math.nan, "val_loss": {"a": math.inf, "b": 1.0}})
     (rec,) = [strict_json(ln) for ln in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert rec == {"loss": None, "val_loss": {"a": None, "b": 1.0}, "nonfinite": ["loss", "val_loss.a"]}
+
+
+def test_train_state_with_wrong_types_is_refused():
+    from cpt.train.state import TrainState
+
+    good = TrainState(stage_index=1, cursors={"a": 3}).state_dict()
+    TrainState().load_state_dict(good)
+    for key, bad in [("stage_index", "1"), ("entered", 1), ("cursors", {"a": -1}), ("tokens", None), ("cursors", [1])]:
+        with pytest.raises(ValueError, match=f"train_state.{key}"):
+            TrainState().load_state_dict({**good, key: bad})

@@ -326,3 +326,17 @@ def test_importing_report_does_not_import_pyplot():
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_skipped_steps_are_marked_in_summary_and_report(tmp_path: Path):
+    """A step with a NaN gradient made no update: summary.json lists it, report.md says so."""
+    summary = two_stage_summary()
+    metrics = two_stage_metrics()
+    train = [r for r in metrics if r["kind"] == "train"]
+    for r in train[1:3]:
+        r.update(loss=None, grad_norm=None, skipped=True, nonfinite=["loss", "grad_norm"])
+    summary["stages"][0]["skipped_steps"] = [r["step"] for r in train[1:3]]
+    md = write_report(write_run(tmp_path / "run", summary, metrics)).read_text(encoding="utf-8")
+    line = next(ln for ln in md.splitlines() if "Skipped steps" in ln)
+    assert f": 2: {train[1]['step']} ({train[1]['stage']}), {train[2]['step']} ({train[2]['stage']})" in line
+    assert (tmp_path / "run" / "plots" / "train_loss.png").read_bytes()[:8] == PNG_MAGIC

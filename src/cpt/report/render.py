@@ -241,6 +241,11 @@ def _plot_train_key(summary, records, key: str, ylabel: str, title: str, path: P
     xs, ys = train_series(records, key)
     if xs:
         ax.plot(xs, ys, linewidth=1.2)
+    skipped = [r["tokens"] for r in records if r.get("kind") == "train" and r.get("skipped")]
+    if skipped:  # steps that made no update: marked along the bottom edge
+        ax.plot(skipped, [0.0] * len(skipped), "x", color="tab:red", transform=ax.get_xaxis_transform(),
+                clip_on=False, label="skipped step (NaN/Inf)")
+        ax.legend(loc="upper right", fontsize=8)
     else:
         _no_data(ax, ylabel, summary.get("stages", []))
     _mark_stages(ax, summary.get("stages", []))
@@ -290,6 +295,7 @@ def overview_section(summary: Mapping[str, Any], run_dir: Path) -> str:
         f"- Run directory: `{run_dir.name}`",
         f"- Sources: {', '.join(summary.get('sources', [])) or '–'}",
         f"- Stages: {len(stages)}; tokens trained: {_tokens(total)}",
+        *_skipped_line(stages),
         "",
         markdown_table(
             rows,
@@ -298,6 +304,14 @@ def overview_section(summary: Mapping[str, Any], run_dir: Path) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def _skipped_line(stages: Sequence[Mapping[str, Any]]) -> list[str]:
+    skipped = [(s.get("name"), step) for s in stages for step in s.get("skipped_steps", [])]
+    if not skipped:
+        return []
+    listed = ", ".join(f"{step} ({name})" for name, step in skipped[:20]) + (" …" if len(skipped) > 20 else "")
+    return [f"- **Skipped steps** (NaN or Inf loss or gradient, no update made): {len(skipped)}: {listed}"]
 
 
 def plots_section() -> str:

@@ -42,5 +42,8 @@ def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
                        "steps": recipe.stage_steps(st), "mix": st.mix, "lr_start": step_lr(seg, 0, recipe.stage_batch(st)),
                        "lr_end": seg.end_lr, "new_sources": new, "earlier_sources": earlier,
                        "val_loss_start": start["val_loss"], "val_loss_end": end["val_loss"],
-                       "data_seen_end": data.get(st.name, {})})
+                       "data_seen_end": data.get(st.name, {}),
+                       # steps with a NaN/Inf loss or gradient, which made no update (train/guard.py)
+                       "skipped_steps": [r["step"] for r in records
+                                         if r.get("kind") == "train" and r.get("stage") == st.name and r.get("skipped")]})
     return {"sources": list(recipe.sources), "base_val_loss": base, "stages": stages}

@@ -6,6 +6,7 @@ import time
 
 from tqdm import tqdm
 
+from ..errors import CptError
 from .stages import after_step, batch, begin_stage, end_stage, plan_stage, run_eval, start_rows
 from .step import train_step
 
@@ -41,11 +42,13 @@ def resume(run) -> bool:
     if path is None:
         run.metrics.truncate(0)  # no checkpoint: any log is from a run that died before its first
         return False
-    state = run.checkpoints.read_meta(path)["train_state"]
-    if state["entered"]:  # saved inside a stage: its trainable rows are part of what was saved
-        start_rows(run, state["stage_index"])
+    try:  # counters first, checked: a checkpoint from elsewhere may hold anything
+        run.state.load_state_dict(run.checkpoints.read_meta(path).get("train_state"))
+    except ValueError as e:
+        raise CptError(f"{path / 'meta.json'}: {e}; resume from another checkpoint or start a new --out") from None
+    if run.state.entered:  # saved inside a stage: its trainable rows are part of what was saved
+        start_rows(run, run.state.stage_index)
     meta = run.checkpoints.load(path, run.model, run.optimizer, verified=True)
-    run.state.load_state_dict(meta["train_state"])
     run.hooks.load_state_dict(meta.get("hooks", {}))
     run.metrics.truncate(run.state.metrics_bytes)
     tqdm.write(f"resuming from {path} (stage {meta['stage']}, step {meta['global_step']}, {meta['tokens']:,} tokens)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 STATE_VERSION = 1
 
@@ -23,8 +23,20 @@ class TrainState:
         return {"version": STATE_VERSION, **asdict(self)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"train state version {state.get('version')} is not {STATE_VERSION}")
-        for key, value in state.items():
-            if key != "version":
-                setattr(self, key, value)
+        """Raises ValueError naming the field when `state` is not a train state of this version."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"train state version {state.get('version') if isinstance(state, dict) else None} "
+                             f"is not {STATE_VERSION}")
+        for f in fields(self):
+            value = state.get(f.name)
+            ok = (isinstance(value, bool) if f.type == "bool" else
+                  isinstance(value, dict) and all(isinstance(k, str) and _count(v) for k, v in value.items())
+                  if f.type.startswith("dict") else _count(value))
+            if not ok:
+                raise ValueError(f"train_state.{f.name} is {value!r}, not a {f.type}")
+        for f in fields(self):
+            setattr(self, f.name, state[f.name])
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0

@@ -369,3 +369,17 @@ def test_train_state_with_wrong_types_is_refused():
     for key, bad in [("stage_index", "1"), ("entered", 1), ("cursors", {"a": -1}), ("tokens", None), ("cursors", [1])]:
         with pytest.raises(ValueError, match=f"train_state.{key}"):
             TrainState().load_state_dict({**good, key: bad})
+
+
+def test_checkpoints_of_a_model_path_run_are_byte_reproducible(tmp_path, shared):
+    """The RNG state a checkpoint saves is seeded from the recipe, also when `model.path` is used."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(shared, tokens=256))
+    torch.manual_seed(12345)  # whatever the process did before must not matter
+    assert main(["run", str(recipe), "--out", str(tmp_path / "one")]) == 0
+    torch.manual_seed(54321)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "two")]) == 0
+    one, two = (snapshot(tmp_path / name / "checkpoints" / "a@final" / "state") for name in ("one", "two"))
+    for files in (one, two):
+        files.pop(".metadata")  # DCP's own record holds the folder's path and a save id
+    assert one == two and len(one) == 1  # the tensors: weights, moments and the RNG state

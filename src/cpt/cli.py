@@ -9,7 +9,7 @@ from pathlib import Path
 from .data import mixlists, tokenize_cli
 from . import plan_cli, schedule_cli
 from .vocab import cli as vocab_cli
-from .errors import CptError
+from .errors import CptError, describe_decode_error, describe_os_error
 
 RUN_HELP = """Run a whole multi-stage continual pre-training plan from one recipe.
 
@@ -61,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
                     "vocab": vocab_cli}[args.command].run(args)
     except CptError as e:
         print("cpt: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, always
+        return 2
+    except OSError as e:  # any command, any depth (fileio, numpy, matplotlib): the path and the fix
+        given = [f"--{k} {v}" for k in ("csv", "plot", "json", "output", "out") if (v := getattr(args, k, None))]
+        where = given[0] if len(given) == 1 else f"cpt {args.command}" + (f" ({', '.join(given)})" if given else "")
+        print("cpt: error: " + " ".join(describe_os_error(e, where).split()), file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:  # a text input read past a reader that does not name its file
+        print("cpt: error: " + " ".join(describe_decode_error(e, f"an input of cpt {args.command}").split()),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = "continue with --resume" if args.command == "run" else "run the same command again to continue"

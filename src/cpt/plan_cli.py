@@ -15,6 +15,7 @@ from .data.shards import Shard
 from .data.sources import file_documents
 from .data.tokenize import (_existing_shard, carve_validation, complete_meta, content_key, input_record,
                             tokenizer_fingerprint)
+from .errors import CptError
 from .plan import SourceSize, format_plan, plan_stages, plan_warnings
 from .recipe import Recipe, SourceCfg, load_recipe
 from .schedules import plan_segments
@@ -39,13 +40,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    if args.max_epochs is not None and not args.max_epochs > 0:  # nan too; inf (never warn) is as the recipe's
+        raise CptError(f"--max-epochs: {args.max_epochs}; give a positive number of epochs, e.g. 4")
     recipe = load_recipe(args.recipe)
+    for path, what in ((args.out, "--out"), (recipe.data_dir, "data_dir")):
+        _check_folder(path, what)
     sizes = source_sizes(recipe, args.out)
     segments = plan_segments(recipe)
     plans = plan_stages(recipe, segments, sizes)
-    warnings = plan_warnings(recipe, segments, plans, sizes, args.max_epochs or recipe.max_epochs)
+    max_epochs = recipe.max_epochs if args.max_epochs is None else args.max_epochs
+    warnings = plan_warnings(recipe, segments, plans, sizes, max_epochs)
     print(format_plan(recipe, plans, sizes, warnings))
     return 0
+
+
+def _check_folder(path: Path | None, what: str) -> None:
+    """A folder the run reads or fills: a file at it or above it is refused now, not mid-run."""
+    for p in ([path, *path.parents] if path is not None else []):
+        if p.is_dir():
+            return
+        if p.exists() or p.is_symlink():
+            where = "is not a folder" if p == path else f"its parent {p} is not a folder"
+            raise CptError(f"{what} {path}: {where}; choose another path")
 
 
 def source_sizes(recipe: Recipe, out: Path | None) -> dict[str, SourceSize]:

@@ -8,6 +8,7 @@ import csv
 import io
 from pathlib import Path
 
+from .errors import CptError, naming
 from .fileio import write_bytes_atomic, write_text_atomic
 from .recipe import Recipe, load_recipe
 from .schedules import plan_segments, step_lr
@@ -16,7 +17,10 @@ HELP = """Print each stage's LR segment (kind, the LR it starts from, its phases
 end). --csv FILE writes one row per optimizer step: stage,step,tokens,lr (step and
 tokens cumulative over the plan; lr is the LR that step runs at, the LR of the token count it
 completes). --plot FILE.png draws LR against tokens with stage boundaries. The numbers are the
-ones training uses. A stage whose init: is a checkpoint folder starts at the LR stored with it."""
+ones training uses. A stage whose init: is a checkpoint folder starts at the LR stored with it.
+--csv and --plot refuse plans of more than 10^8 optimizer steps."""
+
+MAX_ROWS = 10**8  # about a 4 GB CSV; 15T tokens at 4M tokens a step is 3.75M rows
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -46,16 +50,26 @@ def run(args) -> int:
         scaled = f" (inherited LR x {seg.scale:.4g}, lr_scaling {st.lr_scaling})" if seg.scale != 1 else ""
         print(f"{st.name}: {seg.kind}, {seg.total:,} tokens, starts at {seg.start_lr:.6g}{scaled}: {seg.describe()}; "
               f"ends at {seg.end_lr:.6g}")
+    if not (args.csv or args.plot):
+        return 0
+    steps = sum(recipe.stage_steps(st) for st in recipe.stages)
+    if steps > MAX_ROWS:  # checked before a row exists: 10^13 steps would fill the memory first
+        flag = "--csv" if args.csv else "--plot"
+        raise CptError(f"{flag}: the plan has {steps:,} optimizer steps, more than the {MAX_ROWS:,} rows "
+                       "cpt schedule writes or draws; check the stages' tokens and batch_tokens")
     rows = lr_rows(recipe, segments)
     if args.csv:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["stage", "step", "tokens", "lr"])
         writer.writerows((s, k, t, repr(lr)) for s, k, t, lr in rows)
-        write_text_atomic(args.csv, buf.getvalue())
+        with naming(args.csv):
+            write_text_atomic(args.csv, buf.getvalue())
         print(f"wrote {len(rows):,} steps to {args.csv}")
     if args.plot:
-        write_bytes_atomic(args.plot, _plot(recipe, rows))
+        png = _plot(recipe, rows)
+        with naming(args.plot):
+            write_bytes_atomic(args.plot, png)
         print(f"wrote {args.plot}")
     return 0
 

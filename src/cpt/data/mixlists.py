@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import CptError
+from ..errors import CptError, describe_os_error
 from ..fileio import write_text_atomic
 from .shards import Shard
 
@@ -47,7 +47,7 @@ def read_list(path: Path) -> list[Entry]:
     except FileNotFoundError:
         raise CptError(f"{path}: data-file list not found; check the path") from None
     except OSError as e:
-        raise CptError(f"{path}: cannot read data-file list ({e.strerror})") from None
+        raise CptError(f"data-file list {describe_os_error(e)}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -96,14 +96,25 @@ def mix(inputs: list[tuple[float, Path]], use_tokens: bool = False) -> list[Entr
         if not (math.isfinite(g) and g > 0):
             raise CptError(f"--inputs: weight {i} ('{g!r}') must be a positive number")
     total = sum(g for g, _ in inputs)
+    if not math.isfinite(total):
+        raise CptError(f"--inputs: the group weights sum past the largest float ({sys.float_info.max:.4g}); "
+                       "scale them down (only their ratios matter)")
     mixed = []
     for g, path in inputs:
         entries = read_list(path)
         if use_tokens:
             entries = [replace(e, weight=_tokens(path, e)) for e in entries]
         list_sum = sum(e.weight for e in entries)  # left to right, as blendcorpus's running sum
+        if not math.isfinite(list_sum):
+            raise CptError(f"{path}: the weights sum past the largest float ({sys.float_info.max:.4g}); "
+                           "scale them down (only their ratios matter)")
         fraction = g / total
-        mixed += [replace(e, weight=(e.weight / list_sum) * fraction) for e in entries]
+        for e in entries:
+            weight = (e.weight / list_sum) * fraction
+            if not weight > 0:  # underflow: the entry would be written as 0 and silently dropped
+                raise CptError(f"{path}:{e.line}: weight {e.weight!r} becomes {weight!r} in the mix (below the "
+                               "smallest float); scale the list's weights up or drop the line")
+            mixed.append(replace(e, weight=weight))
     return mixed
 
 

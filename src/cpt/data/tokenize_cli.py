@@ -46,6 +46,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     if args.workers < 1:
         raise CptError(f"--workers: {args.workers}; give 1 or more")
+    if args.output.expanduser().is_dir():
+        raise CptError(f"--output {args.output}: is a folder; give a prefix such as {args.output / 'NAME'} "
+                       "(cpt writes PREFIX.bin, PREFIX.idx and PREFIX.json)")
     src = SourceCfg(paths=[f.expanduser() for f in args.files], format=args.format, separator=args.separator,
                     text_field=args.text_field, template=args.template)
     problems = check_source(src)

@@ -51,7 +51,7 @@ def hand_extended_tokenizer(shared: Path, out: Path) -> Path:
 
     out.mkdir(parents=True)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(STORIES / f, out / f)
+        shutil.copyfile(STORIES / f, out / f)  # not the shared files' read-only mode: one is rewritten below
     tok = json.loads((out / "tokenizer.json").read_text())
     vocab, merges = tok["model"]["vocab"], tok["model"]["merges"]
     for c in VI_CHARS:

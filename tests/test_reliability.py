@@ -383,3 +383,17 @@ def test_checkpoints_of_a_model_path_run_are_byte_reproducible(tmp_path, shared)
     for files in (one, two):
         files.pop(".metadata")  # DCP's own record holds the folder's path and a save id
     assert one == two and len(one) == 1  # the tensors: weights, moments and the RNG state
+
+
+def test_an_output_that_is_a_device_is_written_into_not_replaced(tmp_path):
+    from cpt.fileio import write_text_atomic
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE, text=True)
+    write_text_atomic(fifo, "step,lr\n")
+    assert reader.communicate(timeout=10)[0] == "step,lr\n"
+    assert fifo.is_fifo()  # still the pipe, not a regular file in its place
+    with pytest.raises(OSError) as e:
+        write_text_atomic(Path("/dev/full"), "x")
+    assert e.value.errno == errno.ENOSPC and Path("/dev/full").is_char_device()

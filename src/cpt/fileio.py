@@ -11,6 +11,12 @@ from pathlib import Path
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
+    if path.exists() and not path.is_file():  # /dev/stdout, a FIFO, a device: write into it, never replace it
+        if path.is_dir():
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

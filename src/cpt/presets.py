@@ -19,12 +19,13 @@ D0 or Di is split equally between the sources listed there.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import BeforeValidator, Field
 
-from .config import Strict
-from .schedules import (ContinueSchedule, CooldownSchedule, Fraction, PositiveLR, RewarmSchedule, Segment,
+from .config import MAX_TOKENS, Strict
+from .schedules import (ContinueSchedule, CooldownSchedule, FloorLR, Fraction, PositiveLR, RewarmSchedule, Segment,
                         Shape, plan_segments, step_lr)
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class Strategy4(Strict):
     LR/5), continuing the same decay (Parmar et al. 2024)."""
 
     name: Literal["strategy4"]
-    N: float = Field(10.0, gt=1)
+    N: float = Field(10.0, gt=1, le=1e6)
     switch_at: PositiveLR | None = None
     alpha0: Share = 0.7
     shape: Shape = "cosine"
@@ -75,7 +76,7 @@ class CooldownMix(Strict):
     name: Literal["cooldown-mix"]
     mix: Literal["A", "B"] | Weights = "A"
     shape: Shape = "1-sqrt"
-    to: float = Field(0.0, ge=0)
+    to: FloorLR = 0.0
 
 
 class RewarmReplay(Strict):
@@ -95,7 +96,7 @@ class Eeve(Strict):
     budget (default: the stage's tokens split evenly, in whole steps)."""
 
     name: Literal["eeve"]
-    tokens: list[Annotated[int, Field(gt=0)]] | None = None
+    tokens: list[Annotated[int, Field(gt=0, le=MAX_TOKENS)]] | None = None
 
 
 # (suffix, trainable) of EEVE's seven stages; with tied embeddings input and output rows are one
@@ -238,7 +239,10 @@ def _strategy4(r: Recipe, st: StageCfg, where: str) -> tuple[list[StageCfg], str
     floor, threshold = start / s.N, s.switch_at or start / 5
     decay, seg = with_decay(floor)
     batch, steps = r.stage_batch(st), r.stage_steps(st)
-    switch = next((k for k in range(steps) if step_lr(seg, k, batch) <= threshold), None)
+    # the decay never rises, so the first step at or below the threshold is found by bisection
+    # (a stage may have ~10^14 steps)
+    switch = bisect_left(range(steps), True, key=lambda k: step_lr(seg, k, batch) <= threshold)
+    switch = None if switch == steps else switch
     if threshold >= start:
         return [], (f"{where}.strategy.switch_at: {threshold:g} is at or above the LR the stage starts at "
                     f"({start:g}), so nothing would train on D0 alone; lower switch_at")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,14 +16,36 @@ import yaml
 from pydantic import Field, ValidationError, ValidationInfo, AfterValidator
 
 from . import presets
-from .config import Strict
+from .config import MAX_LR, MAX_TOKENS, RecipeLoader, Strict, read_json_object
+from .data.sources import DECODED, RECORDS, first_record_problem, template_problem
 from .errors import RecipeError
 from .train.guard_cfg import NonFiniteCfg
-from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, Schedule, ConstantSchedule, Segment, decays,
-                        plan_segments)
+from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, PositiveLR, Schedule, ConstantSchedule, Segment,
+                        decays, plan_segments)
 
 BUFFER = "buffer"  # the reserved mix name of the replay buffer B
 VOCAB_EXTENSION = "vocab_extension.json"  # the record of added tokens in a model folder (model/load.py)
+
+# Bounds (README, "Bounds"): each number a recipe gives is finite (config.Strict) and within what
+# its use can hold, so that a typo is refused at load instead of overflowing or allocating later.
+# MAX_TOKENS and MAX_LR (config.py) bound token counts and LRs.
+MAX_SEED = 2**64 - 1  # torch.manual_seed takes 64 bits
+MAX_SEQ_LEN = 2**20  # tokens per sample; a step holds micro_batch of them at once
+MAX_MICRO_BATCH = 2**16
+MAX_BATCH_TOKENS = 2**30  # tokens per optimizer step (today's largest runs use ~2^24)
+MAX_VALIDATION_TOKENS = 10**9  # per source, held in memory for every evaluation
+MAX_DOCUMENT_TOKENS = 2**31 - 1  # a shard stores document lengths as int32
+MAX_UPSAMPLE = 100  # copies of each long document per epoch; an epoch's document list grows by this
+MAX_POOL = 1000  # a `hard` buffer scores pool x its budget in tokens
+MAX_WORKERS = 1024
+MAX_EPOCHS = 1e6
+# from-scratch models (`model.init`) are built whole, in fp32, in one process: LlamaConfig sizes
+INIT_SIZES = {"vocab_size": 2**24, "hidden_size": 2**16, "intermediate_size": 2**18, "num_hidden_layers": 2**10,
+              "num_attention_heads": 2**10, "num_key_value_heads": 2**10, "head_dim": 2**12,
+              "max_position_embeddings": MAX_SEQ_LEN}
+MAX_INIT_PARAMETERS = 10**11  # ~1.6 TB with AdamW's fp32 state: beyond any one machine
+_LLAMA_DEFAULTS = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                   "num_attention_heads": 32}  # LlamaConfig's, for sizes the recipe leaves out
 
 
 def _relative_to_recipe(value: Path, info: ValidationInfo) -> Path:
@@ -45,19 +66,19 @@ class ModelCfg(Strict):
 
 
 class OptimizerCfg(Strict):
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: PositiveLR = 1e-3
+    weight_decay: float = Field(0.0, ge=0, le=10)  # decoupled: each step shrinks weights by lr x weight_decay
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
-    grad_clip: float | None = Field(1.0, gt=0)
+    eps: float = Field(1e-8, gt=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0, le=1e6)  # None: no clipping
 
 
 class UpsampleCfg(Strict):
     """Long-context upsampling of one source (Gao et al. 2024): each document longer than
     `min_tokens` tokens is read `factor` times per epoch; the source's share of the mix is unchanged."""
 
-    min_tokens: int = Field(gt=0)
-    factor: float = Field(ge=1)
+    min_tokens: int = Field(gt=0, le=MAX_DOCUMENT_TOKENS)
+    factor: float = Field(ge=1, le=MAX_UPSAMPLE)
 
 
 class SourceCfg(Strict):
@@ -69,6 +90,8 @@ class SourceCfg(Strict):
     separator: str | None = None  # text format: document separator (default: a blank line)
     text_field: str = "text"  # jsonl / parquet column
     template: str | None = None  # jsonl / parquet: "{question}\n{answer}" over fields
+    # text / lines / jsonl: a byte that is not UTF-8 is an error (strict) or reads as U+FFFD (replace)
+    errors: Literal["strict", "replace"] = "strict"
     upsample_long: UpsampleCfg | None = None  # a sampling choice: not part of the shard's cache key
 
     def resolved_format(self) -> str:
@@ -85,7 +108,7 @@ class SourceCfg(Strict):
 
 
 class ValidationCfg(Strict):
-    tokens_per_source: int = Field(20_000, gt=0)
+    tokens_per_source: int = Field(20_000, gt=0, le=MAX_VALIDATION_TOKENS)
 
 
 class BufferAddCfg(Strict):
@@ -95,10 +118,10 @@ class BufferAddCfg(Strict):
     highest-loss documents under the end-of-stage model among a random pool of `pool` x the budget."""
 
     source: str
-    tokens: int | None = Field(None, gt=0)
+    tokens: int | None = Field(None, gt=0, le=MAX_TOKENS)
     fraction: float | None = Field(None, gt=0, le=1)
     policy: Literal["uniform", "representative", "hard"] = "uniform"
-    pool: float = Field(4.0, ge=1)
+    pool: float = Field(4.0, ge=1, le=MAX_POOL)
 
 
 def budget_tokens(cfg: BufferAddCfg, source_train_tokens: int) -> int:
@@ -110,11 +133,11 @@ def budget_tokens(cfg: BufferAddCfg, source_train_tokens: int) -> int:
 
 class StageCfg(Strict):
     name: str
-    tokens: int = Field(gt=0)
+    tokens: int = Field(gt=0, le=MAX_TOKENS)
     mix: dict[str, float] | None = None  # required unless `strategy` sets it
     strategy: presets.Strategy | None = None  # a cookbook preset; expands when the recipe loads
     schedule: Schedule = ConstantSchedule(kind="constant")
-    batch_tokens: int | None = Field(None, gt=0)  # this stage's optimizer step, if not the recipe's
+    batch_tokens: int | None = Field(None, gt=0, le=MAX_BATCH_TOKENS)  # this stage's step, if not the recipe's
     # the LR a stage inherits is scaled by sqrt(k) or k when its batch is k x its starting point's
     lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
     # AdamW moments at the stage start: kept, fresh, or fresh only for newly trainable parameters
@@ -147,20 +170,20 @@ class StageCfg(Strict):
 
 
 class EvalCfg(Strict):
-    every_tokens: int | None = Field(None, gt=0)
+    every_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS)
 
 
 class CheckpointCfg(Strict):
-    every_tokens: int | None = Field(None, gt=0)
+    every_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS)
 
 
 class Recipe(Strict):
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelCfg
     tokenizer: RelPath | None = None
-    seq_len: int = Field(gt=1)
-    micro_batch: int = Field(gt=0)
-    batch_tokens: int = Field(gt=0)
+    seq_len: int = Field(gt=1, le=MAX_SEQ_LEN)
+    micro_batch: int = Field(gt=0, le=MAX_MICRO_BATCH)
+    batch_tokens: int = Field(gt=0, le=MAX_BATCH_TOKENS)
     optimizer: OptimizerCfg = OptimizerCfg()
     sources: dict[str, SourceCfg]
     validation: ValidationCfg = ValidationCfg()
@@ -170,8 +193,8 @@ class Recipe(Strict):
     nonfinite: NonFiniteCfg = NonFiniteCfg()  # skip NaN/Inf steps; stop after max_bad_steps in a row
     base_sources: list[str] = []  # the starting model's own pretraining data (D0), if known
     data_dir: RelPath | None = None  # shard cache shared between runs; default <out>/shards
-    tokenize_workers: int = Field(0, ge=0)  # processes that tokenize; 0: one per CPU core
-    max_epochs: float = Field(4.0, gt=0)  # the plan warns when a source is read more often
+    tokenize_workers: int = Field(0, ge=0, le=MAX_WORKERS)  # processes that tokenize; 0: one per CPU core
+    max_epochs: float = Field(4.0, gt=0, le=MAX_EPOCHS)  # the plan warns when a source is read more often
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @property
@@ -226,11 +249,13 @@ def load_recipe(path: str | Path) -> Recipe:
     except UnicodeDecodeError as e:
         raise RecipeError(path, [f"not UTF-8 text (byte {e.start}); save the recipe as UTF-8"]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=RecipeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise RecipeError(path, [f"malformed YAML: {where}{getattr(e, 'problem', e)}"]) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise RecipeError(path, ["malformed YAML: nested too deeply; a recipe is a few levels deep"]) from None
     if not isinstance(data, dict):
         raise RecipeError(path, ["the recipe must be a YAML mapping of keys (seed, model, sources, stages, ...)"])
     try:
@@ -245,19 +270,6 @@ def load_recipe(path: str | Path) -> Recipe:
     if problems:
         raise RecipeError(path, problems)
     return recipe
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A repeated key is an error, not a silent last-one-wins."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key `{key}`", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def _resolve_init_paths(r: Recipe, base_dir: Path) -> Recipe:
@@ -285,6 +297,9 @@ def _describe(err: dict) -> str:
         msg = "unknown key (check its spelling against the recipe reference in README.md)"
     elif err["type"] == "missing":
         msg = "required key is missing"
+    elif isinstance(err.get("input"), (int, float, str)):  # say what was given: `.inf`, a typo's 1e30
+        given = repr(err["input"])
+        msg += f" (got {given if len(given) <= 60 else given[:57] + '...'})"
     return f"{loc}: {msg}"
 
 
@@ -304,6 +319,15 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
             p(f"model.path: folder not found: {r.model.path}")
         elif not any(r.model.path.glob("*.safetensors")) and not any(r.model.path.glob("pytorch_model*.bin")):
             p(f"model.path: no weights (*.safetensors or pytorch_model.bin) in {r.model.path}")
+        elif not (r.model.path / "config.json").is_file():
+            p(f"model.path: no config.json in {r.model.path}; it is not a Hugging Face model folder")
+        else:
+            try:
+                read_json_object(r.model.path / "config.json")
+            except (OSError, ValueError) as e:
+                p(f"model.path: the model's config {r.model.path / 'config.json'} is {e}; restore it from the model's source")
+    else:
+        problems += _check_init_config(r.model.init)
     if r.tokenizer_path is None:
         p("tokenizer: required when the model is built from `init`")
     elif not r.tokenizer_path.is_dir():
@@ -316,6 +340,8 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         p(f"validation.tokens_per_source: {r.validation.tokens_per_source} is below seq_len ({r.seq_len})")
 
     for name, src in r.sources.items():
+        if expanded:
+            break  # presets change stages only; the sources were checked as written
         where = f"sources.{name}"
         if name == BUFFER:
             p(f"{where}: `{BUFFER}` is reserved for the replay buffer; rename the source")
@@ -395,20 +421,68 @@ def check_source(src: SourceCfg, where: str = "") -> list[str]:
 
     problems = []
     p = problems.append
-    if src.template is not None:
-        try:
-            list(string.Formatter().parse(src.template))
-        except ValueError as e:
-            p(f"{label('template')}: not a valid template ({e}); fields look like {{question}}")
+    if src.template is not None and (problem := template_problem(src.template)):
+        p(f"{label('template')}: {problem}; the template is {src.template!r}")
     fmt = src.resolved_format() if src.paths else None
     for i, f in enumerate(src.paths):
         if not (f.is_file() or (f.is_dir() and fmt == "hf")):
             p(f"{where}.paths[{i}]: file not found: {f}" if where else f"{f}: file not found")
     if src.separator is not None and fmt != "text":
         p(f"{label('separator')}: only the `text` format has a separator (this source is {fmt})")
-    if src.template is not None and fmt not in ("jsonl", "parquet", "hf"):
+    if src.template is not None and fmt not in RECORDS:
         p(f"{label('template')}: only jsonl, parquet and hf sources have fields to template (this source is {fmt})")
+    if src.errors != "strict" and fmt not in DECODED:
+        p(f"{label('errors')}: only text, lines and jsonl files are decoded from bytes (this source is "
+          f"{fmt or 'a shard'}); remove `errors`")
+    if not problems and fmt in RECORDS:  # the first record of each input must give a text
+        name = where.removeprefix("sources.")
+        for f in src.paths:
+            if problem := first_record_problem(name, src, f):
+                p(f"{where}: {problem}" if where else problem)
     return problems
+
+
+def _check_init_config(init: dict) -> list[str]:
+    """`model.init`: LlamaConfig sizes are whole numbers in [1, cap] (INIT_SIZES), the heads divide
+    evenly, the model fits MAX_INIT_PARAMETERS, and every number in it is finite."""
+    problems = []
+    for key, value in init.items():
+        if not isinstance(key, str):
+            problems.append(f"model.init: key {key!r} is not a name; keys are LlamaConfig fields")
+        elif key in INIT_SIZES and (isinstance(value, bool) or not isinstance(value, int)
+                                    or not 1 <= value <= INIT_SIZES[key]):
+            problems.append(f"model.init.{key}: {value!r} is not a size; give a whole number from 1 to "
+                            f"{INIT_SIZES[key]:,}")
+        elif not _finite(value):
+            problems.append(f"model.init.{key}: holds a non-finite number (inf or nan); give a finite one")
+    if problems:
+        return problems
+    size = {**_LLAMA_DEFAULTS, **{k: v for k, v in init.items() if k in INIT_SIZES}}
+    hidden, heads = size["hidden_size"], size["num_attention_heads"]
+    kv = size.get("num_key_value_heads", heads)
+    if "head_dim" not in size and hidden % heads:
+        problems.append(f"model.init.num_attention_heads: {heads} heads do not divide hidden_size {hidden}; "
+                        "give a divisor of it (or head_dim)")
+    if heads % kv:
+        problems.append(f"model.init.num_key_value_heads: {kv} does not divide num_attention_heads ({heads})")
+    head_dim = size.get("head_dim", hidden // heads)
+    layer = 2 * hidden * head_dim * (heads + kv) + 3 * hidden * size["intermediate_size"]
+    params = size["num_hidden_layers"] * layer + 2 * size.get("vocab_size", 0) * hidden
+    if params > MAX_INIT_PARAMETERS:
+        problems.append(f"model.init: about {params:.2g} parameters, more than one process can build "
+                        f"({MAX_INIT_PARAMETERS:.0e}); lower hidden_size, intermediate_size or num_hidden_layers")
+    return problems
+
+
+def _finite(value) -> bool:
+    """Every number in a YAML value (nested lists and mappings too) is finite."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        stack.extend(v.values() if isinstance(v, dict) else v if isinstance(v, list) else [])
+    return True
 
 
 def _check_mix(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> list[str]:
@@ -494,7 +568,21 @@ def _check_init(r: Recipe, i: int, where: str) -> list[str]:
                 return [f"{where}.init: stage `{stage}` never decays its LR, so it has no pre-cooldown checkpoint"]
             return []
         return [f"{where}.init: unknown checkpoint tag `@{tag}` (use @final or @pre-cooldown)"]
-    if not (Path(init) / "meta.json").is_file():
+    folder = Path(init)
+    if not (folder / "meta.json").is_file():
         return [f"{where}.init: `{init}` is not previous, base, <stage>@final, <stage>@pre-cooldown "
                 "or a checkpoint folder (one with meta.json)"]
-    return []
+    # what the stage will read from the folder, checked now rather than after earlier stages trained
+    try:
+        meta = read_json_object(folder / "meta.json")
+    except (OSError, ValueError) as e:
+        return [f"{where}.init: {folder / 'meta.json'} is {e}; not a readable cpt checkpoint"]
+    problems = []
+    if not (folder / "state").is_dir():
+        problems.append(f"{where}.init: {folder} has no state/ folder (the saved weights); not a complete cpt checkpoint")
+    lr, batch = meta.get("lr"), meta.get("batch_tokens")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr <= MAX_LR):
+        problems.append(f"{where}.init: {folder / 'meta.json'} records lr {lr!r}; an LR is a number in [0, {MAX_LR:g}]")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 0 < batch <= MAX_BATCH_TOKENS):
+        problems.append(f"{where}.init: {folder / 'meta.json'} records batch_tokens {batch!r}; a positive whole number")
+    return problems

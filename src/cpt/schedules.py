@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import Field
 
-from .config import Strict
+from .config import MAX_LR, MAX_TOKENS, Strict
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -34,14 +34,15 @@ if TYPE_CHECKING:
 
 Shape = Literal["linear", "cosine", "1-sqrt", "exponential"]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
-PositiveLR = Annotated[float, Field(gt=0)]
+PositiveLR = Annotated[float, Field(gt=0, le=MAX_LR)]
+FloorLR = Annotated[float, Field(ge=0, le=MAX_LR)]  # a final LR (min_lr, to): 0 is allowed
 
 
 class _Warmup(Strict):
     """A linear warmup over `warmup` (a fraction of the stage's tokens) or `warmup_steps`."""
 
     warmup: Fraction = 0.0
-    warmup_steps: int | None = Field(None, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, le=MAX_TOKENS)
 
     def warmup_tokens(self, total: int, step: int) -> int:
         if self.warmup_steps is not None:
@@ -61,7 +62,7 @@ class CosineSchedule(_Warmup):
 
     kind: Literal["cosine"]
     lr: PositiveLR | None = None
-    min_lr: float | None = Field(None, ge=0)
+    min_lr: FloorLR | None = None
 
 
 class LinearSchedule(_Warmup):
@@ -69,7 +70,7 @@ class LinearSchedule(_Warmup):
 
     kind: Literal["linear"]
     lr: PositiveLR | None = None
-    min_lr: float = Field(0.0, ge=0)
+    min_lr: FloorLR = 0.0
 
 
 class InverseSqrtSchedule(_Warmup):
@@ -78,7 +79,7 @@ class InverseSqrtSchedule(_Warmup):
 
     kind: Literal["inverse-sqrt"]
     lr: PositiveLR | None = None
-    min_lr: float = Field(0.0, ge=0)
+    min_lr: FloorLR = 0.0
 
 
 class WSDSchedule(_Warmup):
@@ -88,7 +89,7 @@ class WSDSchedule(_Warmup):
     lr: PositiveLR | None = None
     decay: Annotated[float, Field(gt=0, le=1)] = 0.2  # Hagele et al. 2024: ~20% is the plateau
     shape: Shape = "1-sqrt"
-    min_lr: float = Field(0.0, ge=0)
+    min_lr: FloorLR = 0.0
 
 
 class CooldownSchedule(Strict):
@@ -96,7 +97,7 @@ class CooldownSchedule(Strict):
 
     kind: Literal["cooldown"]
     shape: Shape = "1-sqrt"
-    to: float = Field(0.0, ge=0)
+    to: FloorLR = 0.0
 
 
 class RewarmSchedule(_Warmup):
@@ -109,7 +110,7 @@ class RewarmSchedule(_Warmup):
     lr: PositiveLR
     warmup: Fraction = 0.01
     shape: Shape = "cosine"
-    min_lr: float | None = Field(None, ge=0)
+    min_lr: FloorLR | None = None
 
 
 class InfiniteSchedule(_Warmup):
@@ -123,10 +124,10 @@ class InfiniteSchedule(_Warmup):
     warmup: Fraction = 0.01
     cooldown: Annotated[float, Field(ge=0, le=1)] = 0.15
     cooldown_shape: Literal["cosine", "inv-sqrt"] = "cosine"
-    timescale: float = Field(10.0, gt=0)  # alpha of the inv-sqrt cooldown (10 in public code)
+    timescale: float = Field(10.0, gt=0, le=1e6)  # alpha of the inv-sqrt cooldown (10 in public code)
     constant_lr: PositiveLR
     anneal: Annotated[float, Field(ge=0, le=1)] = 0.0
-    min_lr: float | None = Field(None, ge=0)
+    min_lr: FloorLR | None = None
 
 
 class ContinueSchedule(Strict):
@@ -337,9 +338,13 @@ def checkpoint_point(path) -> tuple[float | None, int | None]:
     """(LR, batch tokens) stored in a checkpoint folder's meta.json (None where not recorded)."""
     try:
         meta = json.loads((Path(path) / "meta.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None, None
-    return meta.get("lr"), meta.get("batch_tokens")
+    if not isinstance(meta, dict):  # the recipe's load refuses such a folder (recipe._check_init)
+        return None, None
+    lr, batch = meta.get("lr"), meta.get("batch_tokens")
+    lr = lr if isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) else None
+    return lr, (batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else None)
 
 
 def plan_segments(recipe: Recipe) -> list[Segment]:

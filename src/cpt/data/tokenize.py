@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from ..config import read_json_object
 from ..errors import CptError
 from ..fileio import write_json_atomic
 from ..recipe import SourceCfg
@@ -92,6 +93,8 @@ def content_key(fingerprint: str, inputs: list[dict], src: SourceCfg) -> str:
 def _parsing_options(src: SourceCfg) -> dict:
     options = src.model_dump(mode="json", include={"format", "separator", "text_field", "template"})
     options["format"] = src.resolved_format()
+    if src.errors != "strict":  # replaced bytes change the tokens; absent when strict, so that the
+        options["errors"] = src.errors  # keys of shards made before the option stay the same
     return options
 
 
@@ -100,7 +103,9 @@ def complete_meta(prefix: Path, key: str | None = None) -> dict | None:
     meta_path = Path(f"{prefix}.json")
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(meta, dict):
         return None
     files_there = all(Path(f"{prefix}{ext}").is_file() for ext in (".bin", ".idx"))
     if not (meta.get("complete") and files_there and (key is None or meta.get("key") == key)):
@@ -194,10 +199,11 @@ def _existing_shard(name: str, prefix: Path, fingerprint: str, vocab_size: int |
         raise CptError(f"sources.{name}.prefix: {meta_path} not found; cpt needs the shard's metadata "
                        "(tokenizer fingerprint) to check it matches the recipe's tokenizer")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CptError(f"sources.{name}.prefix: {meta_path} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    theirs = meta.get("tokenizer", {}).get("fingerprint")
+        meta = read_json_object(meta_path)
+    except ValueError as e:
+        raise CptError(f"sources.{name}.prefix: {meta_path} is {e}; it should be the shard's metadata, "
+                       "written by cpt tokenize") from None
+    theirs = meta["tokenizer"].get("fingerprint") if isinstance(meta.get("tokenizer"), dict) else None
     if theirs != fingerprint:
         raise CptError(f"sources.{name}.prefix: {prefix} was tokenized with another tokenizer "
                        f"(fingerprint {theirs}, recipe's is {fingerprint}); re-tokenize it or use `paths:`")

@@ -37,6 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--separator", help="text format: the string between documents (default: a blank line)")
     p.add_argument("--text-field", default="text", metavar="F", help="jsonl/parquet/hf: the text column")
     p.add_argument("--template", metavar="T", help='jsonl/parquet/hf: e.g. "{question}\\n{answer}"')
+    p.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                   help="text/lines/jsonl: a byte that is not UTF-8 stops with an error (strict, the default) "
+                        "or reads as U+FFFD (replace)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="tokenizing processes (default: one per CPU core)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing shard made from other inputs")
@@ -50,7 +53,7 @@ def run(args) -> int:
         raise CptError(f"--output {args.output}: is a folder; give a prefix such as {args.output / 'NAME'} "
                        "(cpt writes PREFIX.bin, PREFIX.idx and PREFIX.json)")
     src = SourceCfg(paths=[f.expanduser() for f in args.files], format=args.format, separator=args.separator,
-                    text_field=args.text_field, template=args.template)
+                    text_field=args.text_field, template=args.template, errors=args.errors)
     problems = check_source(src)
     if problems:
         raise CptError("; ".join(problems))

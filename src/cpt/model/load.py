@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import read_json_object
 from ..errors import CptError
 from ..recipe import VOCAB_EXTENSION, Recipe
 
@@ -43,16 +44,29 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+# the JSON files AutoTokenizer reads from a folder, each checked first so that a broken one is named
+# (transformers reports them as a tokenizer problem, without the file); config.json is the model's
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+
+
 def load_tokenizer(path, field: str = "tokenizer"):
     """A Hugging Face tokenizer folder; `field` names the recipe key or flag in errors."""
     from transformers import AutoTokenizer
 
+    for name in _TOKENIZER_FILES:
+        file = Path(path) / name
+        if not file.is_file():
+            continue
+        try:
+            read_json_object(file)
+        except ValueError as e:
+            whose = "the model's config" if name == "config.json" else f"the tokenizer's {name}"
+            raise CptError(f"{field}: {whose} {file} is {e}; restore it (or save the tokenizer again)") from None
     quiet_transformers()
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # transformers raises many types for a bad folder
-        msg = " ".join(str(e).split())[:200]
-        raise CptError(f"{field}: cannot load a tokenizer from {path} ({type(e).__name__}: {msg})") from None
+        raise CptError(f"{field}: cannot load a tokenizer from {path} ({type(e).__name__}: {e})") from None
 
 
 def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:
@@ -71,9 +85,12 @@ def build_model(recipe: Recipe, tokenizer) -> torch.nn.Module:
         try:
             config = LlamaConfig(**fields)
         except Exception as e:
-            raise CptError(f"model.init: not a valid Llama config ({e})") from None
+            raise CptError(f"model.init: not a valid Llama config ({type(e).__name__}: {e})") from None
         torch.manual_seed(recipe.seed)  # the from-scratch weights are part of the run's determinism
-        model = LlamaForCausalLM(config)
+        try:
+            model = LlamaForCausalLM(config)
+        except (RuntimeError, ValueError, MemoryError) as e:  # sizes LlamaConfig takes but a model cannot
+            raise CptError(f"model.init: cannot build this Llama ({type(e).__name__}: {e})") from None
     vocab = model.get_input_embeddings().weight.shape[0]
     if vocab < len(tokenizer):
         raise CptError(f"tokenizer: {len(tokenizer)} tokens but the model's embedding has {vocab} rows; "

@@ -71,3 +71,18 @@ def extended_model(shared: Path, tmp_path: Path, untie: bool = False) -> Path:
     out = tmp_path / ("model-untied" if untie else "model-ext")
     init_model(STORIES, tokenizer, out, untie=untie)
     return out
+
+
+def fake_checkpoint(folder: Path, meta: str = "{}", state: bool = True) -> Path:
+    """A checkpoint folder with `meta.json` and a placeholder `state/`, its checksums written:
+    enough for what the recipe checks at load (no weights are ever read from it)."""
+    from cpt.checkpoint.integrity import write_manifest
+
+    folder.mkdir(parents=True)
+    if state:
+        (folder / "state").mkdir()
+        (folder / "state" / ".metadata").write_bytes(b"placeholder")
+    (folder / "meta.json").write_text(meta)
+    if state:
+        write_manifest(folder)
+    return folder

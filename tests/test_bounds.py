@@ -15,6 +15,7 @@ import yaml
 from cpt.cli import main
 from cpt.errors import RecipeError
 from cpt.recipe import load_recipe
+from conftest import fake_checkpoint
 
 
 @pytest.fixture
@@ -213,12 +214,10 @@ def test_a_recursive_alias_or_deep_nesting_is_one_line(base, tmp_path):
 
 
 def with_checkpoint(base: dict, tmp_path: Path, meta: str | None, state: bool = True) -> Path:
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    if state:
-        (ckpt / "state").mkdir()
     if meta is not None:
-        (ckpt / "meta.json").write_text(meta)
+        fake_checkpoint(tmp_path / "ckpt", meta, state)
+    else:
+        (tmp_path / "ckpt" / "state").mkdir(parents=True)
     d = copy.deepcopy(base)
     d["stages"].append({"name": "two", "tokens": 1024, "mix": {"a": 1.0}, "init": "ckpt"})
     return write(tmp_path, d)
@@ -242,3 +241,12 @@ def test_a_whole_init_checkpoint_loads_with_its_lr(base, tmp_path):
 
     r = load_recipe(with_checkpoint(base, tmp_path, json.dumps({"lr": 5e-4, "batch_tokens": 256})))
     assert plan_segments(r)[1].start_lr == 5e-4
+
+
+def test_a_corrupted_init_checkpoint_is_a_recipe_problem(base, tmp_path):
+    """Found at load, before earlier stages train, not when the stage that reads it starts."""
+    path = with_checkpoint(base, tmp_path, '{"lr": 1e-3}')
+    load_recipe(path)
+    (tmp_path / "ckpt" / "state" / ".metadata").write_bytes(b"changed")
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.init: .*ckpt: state/.metadata does not match its checksum"):
+        load_recipe(path)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import small_recipe
+from conftest import fake_checkpoint, small_recipe
 from cpt.cli import main
 from cpt.errors import RecipeError
 from cpt.plan import start_point_warnings
@@ -144,8 +144,7 @@ def test_warns_when_strategy4_starts_from_a_cooled_down_checkpoint(tmp_path, sha
 def test_warns_for_a_converged_checkpoint_folder(tmp_path, shared):
     ckpts = tmp_path / "old" / "checkpoints"
     for name, phase, lr in [("pre@final", "converged", 1e-5), ("pre@pre-cooldown", "hold", 1e-3)]:
-        (ckpts / name / "state").mkdir(parents=True)
-        (ckpts / name / "meta.json").write_text(json.dumps({"phase": phase, "lr": lr}))
+        fake_checkpoint(ckpts / name, json.dumps({"phase": phase, "lr": lr}))
     recipe, segs = stage(tmp_path, shared, f"  - {{name: s, tokens: 2560, init: {ckpts / 'pre@final'}, "
                                            "mix: {wiki: 1}}\n", before="")
     (warning,) = start_point_warnings(recipe, segs)

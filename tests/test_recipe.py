@@ -155,8 +155,9 @@ def test_init_from_earlier_stage_checkpoints_accepted(base, tmp_path):
 
 
 def test_init_checkpoint_folder_resolves_relative_to_the_recipe(base, tmp_path, monkeypatch):
-    (tmp_path / "ckpt" / "state").mkdir(parents=True)
-    (tmp_path / "ckpt" / "meta.json").write_text("{}")
+    from conftest import fake_checkpoint
+
+    fake_checkpoint(tmp_path / "ckpt")
     path = write(tmp_path, changed(base, lambda d: d["stages"][1].update(init="ckpt")))
     monkeypatch.chdir(tmp_path.parent)
     assert load_recipe(path).stages[1].init == str(tmp_path / "ckpt")

@@ -18,7 +18,8 @@ from pydantic import Field, ValidationError, ValidationInfo, AfterValidator
 from . import presets
 from .config import MAX_LR, MAX_TOKENS, RecipeLoader, Strict, read_json_object
 from .data.sources import DECODED, RECORDS, first_record_problem, template_problem
-from .errors import RecipeError
+from .checkpoint.integrity import verify as verify_checkpoint
+from .errors import CptError, RecipeError
 from .train.guard_cfg import NonFiniteCfg
 from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, PositiveLR, Schedule, ConstantSchedule, Segment,
                         decays, plan_segments)
@@ -580,6 +581,11 @@ def _check_init(r: Recipe, i: int, where: str) -> list[str]:
     problems = []
     if not (folder / "state").is_dir():
         problems.append(f"{where}.init: {folder} has no state/ folder (the saved weights); not a complete cpt checkpoint")
+    else:
+        try:  # its checksums too: a corrupted copy is found before earlier stages train
+            verify_checkpoint(folder)
+        except CptError as e:
+            problems.append(f"{where}.init: {e}")
     lr, batch = meta.get("lr"), meta.get("batch_tokens")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr <= MAX_LR):
         problems.append(f"{where}.init: {folder / 'meta.json'} records lr {lr!r}; an LR is a number in [0, {MAX_LR:g}]")

@@ -397,3 +397,36 @@ def test_an_output_that_is_a_device_is_written_into_not_replaced(tmp_path):
     with pytest.raises(OSError) as e:
         write_text_atomic(Path("/dev/full"), "x")
     assert e.value.errno == errno.ENOSPC and Path("/dev/full").is_char_device()
+
+
+def test_metadata_that_patches_an_allowed_class_is_refused(tmp_path):
+    """BUILD sets attributes on whatever it is given: an allowed class must not be one of them."""
+    import pathlib
+
+    saved(tmp_path, names=("a",))
+    fspath = pathlib.PosixPath.__fspath__
+    name = b"__fspath__"
+    payload = (b"\x80\x02cpathlib\nPosixPath\nN}X" + len(name).to_bytes(4, "little") + name
+               + b"ctorch.serialization\n_get_layout\ns\x86b.")  # PosixPath.__fspath__ = _get_layout
+    (tmp_path / "a" / "state" / ".metadata").write_bytes(payload)
+    write_manifest(tmp_path / "a")
+    with pytest.raises(CptError, match="refused.*sets attributes of `PosixPath`"):
+        CheckpointManager.load(tmp_path / "a", *tiny())
+    assert pathlib.PosixPath.__fspath__ is fspath
+
+
+def test_metadata_that_points_outside_the_checkpoint_is_refused(tmp_path):
+    """Tensor locations come from the metadata: they must stay inside the verified files."""
+    saved(tmp_path, names=("a",))
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"\0" * 1_000_000)
+    meta_path = tmp_path / "a" / "state" / ".metadata"
+    original = meta_path.read_bytes()
+    for change in ({"relative_path": str(outside)}, {"relative_path": "../../outside.bin"}, {"length": 10**12}):
+        metadata = pickle.loads(original)  # our own file: a trusted read in the test
+        for info in metadata.storage_data.values():
+            info.__dict__.update(change)
+        meta_path.write_bytes(pickle.dumps(metadata))
+        write_manifest(tmp_path / "a")
+        with pytest.raises(CptError, match="points outside the checkpoint's files"):
+            CheckpointManager.load(tmp_path / "a", *tiny())

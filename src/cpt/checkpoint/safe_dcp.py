@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
@@ -51,12 +52,39 @@ def _allowed(module: str, name: str):
     return None
 
 
-class _MetadataUnpickler(pickle.Unpickler):
+def _instance_types() -> tuple[type, ...]:
+    """The classes whose instances a metadata pickle may fill in (BUILD): DCP's records only."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    records = [obj for obj in vars(dcp_metadata).values() if isinstance(obj, type) and obj.__module__ == dcp_metadata.__name__]
+    return (*records, _StorageInfo)
+
+
+class _MetadataUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler, so that BUILD can be checked too: restricting the names a pickle
+    may use is not enough, since BUILD sets attributes on whatever it is given, an allowed class or
+    function included (`PosixPath.__fspath__ = ...`), for the rest of the process."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def find_class(self, module: str, name: str):
         obj = _allowed(module, name)
         if obj is None:
             raise UnsafeCheckpoint(f"names `{module}.{name}`, which is not a DCP metadata type")
         return obj
+
+    def load_build(self):
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, type) or not isinstance(inst, _instance_types()):
+            raise UnsafeCheckpoint(f"sets attributes of `{getattr(inst, '__name__', type(inst).__name__)}`, "
+                                   "which is not a DCP metadata record")
+        if getattr(type(inst), "__setstate__", None) is getattr(object, "__setstate__", None):  # plain records: fields only
+            fields = state[0] if isinstance(state, tuple) and len(state) == 2 and state[1] is None else state
+            if not isinstance(fields, dict) or any(not isinstance(k, str) or k.startswith("__") for k in fields):
+                raise UnsafeCheckpoint(f"sets unexpected attributes of `{type(inst).__name__}`")
+        super().load_build()  # a record with its own __setstate__ (DCP's code) reads its own state
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def read_metadata(path) -> dcp_metadata.Metadata:
@@ -76,7 +104,9 @@ def read_metadata(path) -> dcp_metadata.Metadata:
 
 
 class SafeReader(FileSystemReader):
-    """`FileSystemReader` whose metadata comes from `read_metadata` above."""
+    """`FileSystemReader` whose metadata comes from `read_metadata` above, and whose tensor
+    locations must lie inside the checkpoint's own (verified) files: a plain file name of the
+    `state/` folder, and a byte range within it."""
 
     def read_metadata(self, *args, **kwargs) -> dcp_metadata.Metadata:
         metadata = read_metadata(self._get_metadata_path(kwargs.get("rank")))
@@ -84,6 +114,25 @@ class SafeReader(FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+    def set_up_storage_reader(self, metadata, is_coordinator: bool, *args, **kwargs) -> None:
+        from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+        folder = Path(self.path)
+        sizes: dict[str, int] = {}
+        for info in (metadata.storage_data or {}).values():
+            name = getattr(info, "relative_path", None)
+            ok = isinstance(info, _StorageInfo) and isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")
+            if ok and name not in sizes:
+                path = folder / name
+                ok = path.is_file() and not path.is_symlink()
+                sizes[name] = path.stat().st_size if ok else -1
+            offset, length = getattr(info, "offset", None), getattr(info, "length", None)
+            if not (ok and all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, length))
+                    and 0 <= offset and 0 <= length and offset + length <= sizes[name]):
+                raise UnsafeCheckpoint(f"{folder}: refused: the metadata points outside the checkpoint's files "
+                                       f"({name!r}, offset {offset!r}, length {length!r})")
+        super().set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):

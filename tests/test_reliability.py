@@ -91,11 +91,40 @@ def test_a_restart_removes_only_unchanged_files_it_wrote(tmp_path, shared):
     (out / "data" / "mine.txt").write_text("added by the user")
     (out / "plots").mkdir()
     (out / "plots" / "mine.png").write_text("also the user's")
+    val = out / "data" / "stories.val.npy"
+    before = val.stat().st_mtime_ns
     recipe.write_text(recipe_text(shared, tokens=256))
     assert main(["run", str(recipe), "--out", str(out)]) == 0
+    assert val.stat().st_mtime_ns != before  # the run's own file was removed, then written anew
     assert (out / "data" / "mine.txt").read_text() == "added by the user"
     assert (out / "plots" / "mine.png").read_text() == "also the user's"
     assert (out / "summary.json").is_file()
+
+
+def test_a_restart_never_follows_links_or_manifest_paths_out_of_the_run(tmp_path):
+    from cpt.build import claim_out_dir
+
+    mine = tmp_path / "myplots"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "fig.png").write_text("my figure")
+    (tmp_path / "notes.txt").write_text("my notes")
+    out = tmp_path / "run"
+    folder = claim_out_dir(out, False, "h", CheckpointManager(out / "checkpoints"))
+    (out / "plots").symlink_to(mine)  # a link where the run's plots/ goes
+    (out / "data").mkdir()
+    (out / "data" / "wiki.val.npy").write_bytes(b"the run's")
+    (out / "data" / "link.txt").symlink_to(tmp_path / "notes.txt")
+    folder.record()
+    files = json.loads((out / ".cpt-files.json").read_text())
+    assert set(files) == {"data/wiki.val.npy"}
+    files.update({"../notes.txt": files["data/wiki.val.npy"], str(tmp_path / "notes.txt"): [8, 0],
+                  "plots/fig.png": [9, (mine / "fig.png").stat().st_mtime_ns]})  # an edited manifest
+    (out / ".cpt-files.json").write_text(json.dumps(files))
+    folder.unlock()
+    claim_out_dir(out, False, "h", CheckpointManager(out / "checkpoints"))
+    assert not (out / "data" / "wiki.val.npy").exists()  # the run's own file went
+    assert (mine / "fig.png").read_text() == "my figure" and (mine / "sub").is_dir()
+    assert (tmp_path / "notes.txt").read_text() == "my notes" and (out / "plots").is_symlink()
 
 
 def test_a_second_run_on_a_locked_folder_is_refused(tmp_path, shared):
@@ -122,7 +151,7 @@ def test_a_second_run_on_a_locked_folder_is_refused(tmp_path, shared):
     # a dead holder's lock is stale: the OS released it, the next run takes it
     folder = RunFolder(out)
     folder.lock()
-    assert (out / ".cpt-lock").read_text().strip() == str(os.getpid())
+    assert (out / ".cpt-lock").read_text().startswith(f"{os.getpid()} on ")
     folder.unlock()
 
 

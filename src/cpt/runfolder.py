@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -59,22 +60,26 @@ class RunFolder:
 
     def lock(self) -> None:
         """Hold the folder for this process; a one-line error naming the holder if another has it.
-        Re-entrant within a process (flock would refuse a second descriptor of our own)."""
+        Re-entrant within a process (flock would refuse a second descriptor of our own); only the
+        `RunFolder` that took the lock lets it go."""
         self.out.mkdir(parents=True, exist_ok=True)
         key = str((self.out / LOCK).resolve())
         if key in _HELD:
-            self._lock_fd = _HELD[key]
             return
         fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            holder = os.read(fd, 256).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise CptError(f"--out {self.out}: another cpt process (PID {holder}) is running in this folder; "
                            "wait for it to finish or choose another --out") from None
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: NFS without lockd, Lustre without -o flock
+            os.close(fd)
+            raise CptError(f"--out {self.out}: cannot lock the folder ({e.strerror}); put the run folder on a file "
+                           "system that supports flock") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
         self._lock_fd = _HELD[key] = fd  # held until this process exits (or `unlock`)
 
     def unlock(self) -> None:
@@ -89,13 +94,12 @@ class RunFolder:
         self.record()
 
     def record(self) -> None:
-        """Remember every file the run has written so far, with its size and mtime."""
+        """Remember every file the run has written so far, with its size and mtime. Links are
+        never followed: what a link points to is not the run's."""
         files = {}
         for name in OWNED:
-            root = self.out / name
-            paths = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
-            for p in paths:
-                st = p.stat()
+            for p in _own_files(self.out / name):
+                st = p.lstat()
                 files[p.relative_to(self.out).as_posix()] = [st.st_size, st.st_mtime_ns]
         write_json_atomic(self.out / FILES, files)
 
@@ -105,16 +109,48 @@ class RunFolder:
             files = json.loads((self.out / FILES).read_text())
         except (OSError, ValueError):
             files = {}
-        for rel, (size, mtime) in files.items() if isinstance(files, dict) else ():
-            p = self.out / rel
-            if p.is_file() and not p.is_symlink():
-                st = p.stat()
-                if (st.st_size, st.st_mtime_ns) == (size, mtime):
+        for rel, stat in files.items() if isinstance(files, dict) else ():
+            p = self._inside(rel)
+            if p is not None and isinstance(stat, list) and p.is_file() and not p.is_symlink():
+                st = p.lstat()
+                if [st.st_size, st.st_mtime_ns] == stat:
                     p.unlink()
         for name in OWNED:  # the folders, if nothing is left in them
             root = self.out / name
-            if root.is_dir():
-                for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [root]:
+            if root.is_dir() and not root.is_symlink():
+                for d in sorted((p for p in _own_dirs(root)), key=lambda p: -len(p.parts)) + [root]:
                     if not any(d.iterdir()):
                         d.rmdir()
         self.record()
+
+    def _inside(self, rel) -> Path | None:
+        """A manifest entry as a path, only if it names a file under one of the run's own folders
+        (relative, no `..`, no link on the way): the manifest is a file anyone could edit."""
+        if not isinstance(rel, str):
+            return None
+        parts = Path(rel).parts
+        if not parts or Path(rel).is_absolute() or ".." in parts or parts[0] not in OWNED:
+            return None
+        path = self.out
+        for part in parts[:-1]:
+            path = path / part
+            if path.is_symlink() or not path.is_dir():
+                return None
+        return path / parts[-1]
+
+
+def _own_files(root: Path) -> list[Path]:
+    """Regular files under `root` (or `root` itself), never through a link."""
+    if root.is_symlink():
+        return []
+    if root.is_file():
+        return [root]
+    found = []
+    for folder, _, names in os.walk(root, followlinks=False):
+        found += [Path(folder) / n for n in names if (Path(folder) / n).is_file() and not (Path(folder) / n).is_symlink()]
+    return found
+
+
+def _own_dirs(root: Path) -> list[Path]:
+    return [Path(folder) / d for folder, dirs, _ in os.walk(root, followlinks=False) for d in dirs
+            if not (Path(folder) / d).is_symlink()]

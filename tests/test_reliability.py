@@ -459,3 +459,38 @@ def test_metadata_that_points_outside_the_checkpoint_is_refused(tmp_path):
         write_manifest(tmp_path / "a")
         with pytest.raises(CptError, match="points outside the checkpoint's files"):
             CheckpointManager.load(tmp_path / "a", *tiny())
+
+
+def test_a_manifest_with_malformed_entries_is_a_corrupt_checkpoint(tmp_path):
+    ckpts = saved(tmp_path)
+    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    for bad in ({"state/.metadata": "abc"}, {"../../etc/passwd": {"size": 1, "sha256": "x"}}):
+        (tmp_path / "b" / MANIFEST).write_text(json.dumps({**manifest, "files": {**manifest["files"], **bad}}))
+        assert ckpts.newest_intact().name == "a"
+
+
+def test_resume_with_every_checkpoint_corrupted_is_one_line(tmp_path, shared, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(shared, tokens=512, extra="checkpoint: {every_tokens: 256}"))
+    out = tmp_path / "out"
+    assert main(["run", str(recipe), "--out", str(out)]) == 0
+    recipe.write_text(recipe_text(shared, tokens=512, extra="checkpoint: {every_tokens: 256}"))
+    for ckpt in (out / "checkpoints").iterdir():
+        flip(next((ckpt / "state").glob("*.distcp")))
+    (out / "summary.json").unlink()
+    capsys.readouterr()
+    assert main(["run", str(recipe), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint is intact" in one_error_line(err) and err.count("skipping checkpoint") == 2
+
+
+def test_a_checkpoint_swapped_out_when_a_save_died_is_put_back(tmp_path):
+    from cpt.build import claim_out_dir
+
+    out = tmp_path / "run"
+    claim_out_dir(out, False, "h", CheckpointManager(out / "checkpoints")).unlock()
+    ckpts = saved(out / "checkpoints", names=("a",))
+    os.replace(out / "checkpoints" / "a", out / "checkpoints" / ".old-a")  # killed between the renames
+    assert ckpts.latest() is None
+    claim_out_dir(out, True, "h", ckpts).unlock()
+    assert ckpts.newest_intact().name == "a"

@@ -13,7 +13,7 @@ from .data.prepare import RunData
 from .errors import CptError
 from .notify import note
 from .runfolder import RunFolder
-from .fileio import write_text_atomic
+from .fileio import recover_dirs, write_text_atomic
 from .model.load import build_model, check_extension, load_tokenizer, new_token_ids
 from .recipe import Recipe
 from .schedules import Segment, plan_segments
@@ -84,6 +84,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
         recipe_hash=recipe_hash, new_ids=new_ids, folder=folder,
         hooks=Hooks([NonFiniteGuard(recipe.nonfinite)]),
     )
+    checkpoints.check_space(model, run.optimizer)  # early: a week of training before the first save fails
     folder.record()  # what this run wrote so far: a restart before the first checkpoint removes only that
     return run
 
@@ -104,6 +105,7 @@ def claim_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: Checkp
         raise CptError(f"--out {out}: holds files that are not a cpt run ({', '.join(folder.foreign()[:3])}); "
                        "choose a new or empty folder")
     folder.lock()
+    recover_dirs(checkpoints.root)  # a checkpoint swapped out by a save that died mid-rename
     if not folder.is_run():
         if resume:
             note(f"--resume: nothing to resume in {out}; a new run starts")

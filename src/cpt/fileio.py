@@ -50,6 +50,14 @@ def write_json_atomic(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2))
 
 
+def recover_dirs(root: Path) -> None:
+    """Put back any folder `replace_dir` had swapped out when its process died between renames."""
+    for old in Path(root).glob(".old-*") if Path(root).is_dir() else []:
+        final = old.with_name(old.name[len(".old-"):])
+        if old.is_dir() and not final.exists():
+            os.replace(old, final)
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished folder into place. An existing one is swapped out first and removed only
     after, so at every instant `final` is the old complete folder or the new one."""
@@ -57,7 +65,11 @@ def replace_dir(tmp: Path, final: Path) -> None:
         old = final.with_name(f".old-{final.name}")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)  # the old complete folder goes back where it was
+            raise
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)

@@ -59,6 +59,8 @@ def verify(folder: Path) -> None:
     if "state/.metadata" not in files:
         raise CorruptCheckpoint(f"{folder}: incomplete checkpoint (no state/.metadata listed)")
     for rel, want in files.items():
+        if not isinstance(want, dict) or not isinstance(rel, str) or ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise CorruptCheckpoint(f"{folder}: {MANIFEST} has a malformed entry {rel!r}")
         path = folder / rel
         if not path.is_file():
             raise CorruptCheckpoint(f"{folder}: incomplete checkpoint ({rel} is missing)")

@@ -42,6 +42,7 @@ def _quiet():
 class CheckpointManager:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.last_good: Path | None = None  # the newest checkpoint this process wrote or resumed from
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -51,27 +52,32 @@ class CheckpointManager:
         final = self.path(name)
         tmp = self.root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
-        need = state_bytes(model, optimizer)
-        self.root.mkdir(parents=True, exist_ok=True)
-        free = _free(self.root)
-        if free < need:
-            warn(f"checkpoint {name} needs about {_gb(need)}, {self.root} has {_gb(free)} free")
+        need = self.check_space(model, optimizer, f"checkpoint {name}")
         try:
-            tmp.mkdir()
+            tmp.mkdir(parents=True)
             self._write(tmp, model, optimizer, {"name": name, **meta})
             replace_dir(tmp, final)  # a stage end redone after a resume replaces the old copy whole
+            self.last_good = final
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             cause = _os_error(e)
             # torch.save's zip writer reports a full disk as a RuntimeError: ask the disk itself
             full = cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT)
-            if full or (not isinstance(e, (KeyboardInterrupt, SystemExit)) and _free(self.root) < need):
+            if full or (isinstance(_inner(e), (OSError, RuntimeError)) and _free(self.root) < need):
                 raise CptError(f"{self.root}: no space left to save checkpoint {name} (it needs about {_gb(need)}); "
                                "free space, then continue with --resume (earlier checkpoints are intact)") from None
             if cause is not None and cause is not e:
                 raise cause from None  # DCP wraps OS errors; the CLI turns the plain one into a line
             raise
         return final
+
+    def check_space(self, model, optimizer, what: str = "a checkpoint") -> int:
+        """Warn when the disk has less room than a save needs (about); return that size."""
+        need = state_bytes(model, optimizer)
+        free = _free(self.root)
+        if free < need:
+            warn(f"{what} needs about {_gb(need)}, but {self.root} has {_gb(free)} free; free space before it is written")
+        return need
 
     @staticmethod
     def _write(tmp: Path, model, optimizer, meta: dict) -> None:
@@ -125,6 +131,7 @@ class CheckpointManager:
             missing = [k for k in state["model"] if f"model.{k}" not in saved]
             if missing:
                 raise CptError(f"{path}: cannot load checkpoint into this model (no `{missing[0]}` in it)")
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
             if isinstance(e, CptError):
                 raise
@@ -136,7 +143,6 @@ class CheckpointManager:
         finally:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         params = dict(model.named_parameters())
         for name, param in params.items():
             if f"optim.state.{name}.step" not in saved:
@@ -192,11 +198,13 @@ def check_finite(model, optimizer, what: str) -> None:
 def state_bytes(model, optimizer) -> int:
     """What a save writes, about: weights plus optimizer moments (a full copy per moment)."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     moments = sum(t.numel() * t.element_size() for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t))
-    return params + max(moments, 2 * params)
+    return params + max(moments, 2 * trained)  # a fresh optimizer's moments appear at its first step
 
 
 def _free(path: Path) -> int:
+    path = next((p for p in [Path(path), *Path(path).parents] if p.exists()), Path(path))  # root may not exist yet
     try:
         return shutil.disk_usage(path).free
     except OSError:
@@ -212,6 +220,8 @@ def _inner(e: BaseException) -> BaseException:
     failures = getattr(e, "failures", None)
     if isinstance(failures, dict) and failures:
         first = next(iter(failures.values()))
+        if isinstance(first, tuple) and first:  # (exception, traceback) per rank
+            first = first[0]
         if isinstance(first, BaseException):
             return _inner(first)
     return e

@@ -25,9 +25,12 @@ def export_model(run) -> None:
     final, tmp = run.out / "model", run.out / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
     run.model.config.use_cache = True
-    run.model.save_pretrained(tmp, safe_serialization=True)
-    run.tokenizer.save_pretrained(tmp)
-    record = None if run.recipe.model.path is None else run.recipe.model.path / VOCAB_EXTENSION
-    if record is not None and record.is_file():  # the added tokens stay known: a later run's new-row stages
-        shutil.copyfile(record, tmp / VOCAB_EXTENSION)
-    replace_dir(tmp, final)
+    try:
+        run.model.save_pretrained(tmp, safe_serialization=True)
+        run.tokenizer.save_pretrained(tmp)
+        record = None if run.recipe.model.path is None else run.recipe.model.path / VOCAB_EXTENSION
+        if record is not None and record.is_file():  # the added tokens stay known: a later run's new-row stages
+            shutil.copyfile(record, tmp / VOCAB_EXTENSION)
+        replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind

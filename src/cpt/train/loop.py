@@ -39,17 +39,24 @@ def resume(run) -> bool:
     """Continue from the newest intact checkpoint in the run folder, if any; True when resumed.
     A checkpoint that fails its checksums is skipped (with a warning) for the one before it."""
     path = run.checkpoints.newest_intact()
+    if path is None and run.checkpoints.candidates():
+        raise CptError(f"{run.checkpoints.root}: no checkpoint is intact (each is named above); "
+                       "restore one from a copy, or start a new --out")
     if path is None:
         run.metrics.truncate(0)  # no checkpoint: any log is from a run that died before its first
         return False
     try:  # counters first, checked: a checkpoint from elsewhere may hold anything
-        run.state.load_state_dict(run.checkpoints.read_meta(path).get("train_state"))
-    except ValueError as e:
+        meta = run.checkpoints.read_meta(path)
+        run.state.load_state_dict(meta.get("train_state"))
+        run.hooks.load_state_dict(meta.get("hooks") if isinstance(meta.get("hooks"), dict) else {})
+    except (ValueError, TypeError, AttributeError) as e:
         raise CptError(f"{path / 'meta.json'}: {e}; resume from another checkpoint or start a new --out") from None
     if run.state.entered:  # saved inside a stage: its trainable rows are part of what was saved
         start_rows(run, run.state.stage_index)
-    meta = run.checkpoints.load(path, run.model, run.optimizer, verified=True)
-    run.hooks.load_state_dict(meta.get("hooks", {}))
+    run.checkpoints.load(path, run.model, run.optimizer, verified=True)
+    run.checkpoints.last_good = path
     run.metrics.truncate(run.state.metrics_bytes)
-    tqdm.write(f"resuming from {path} (stage {meta['stage']}, step {meta['global_step']}, {meta['tokens']:,} tokens)")
+    s, names = run.state, [st.name for st in run.recipe.stages]
+    where = names[s.stage_index] if s.stage_index < len(names) else "done"
+    tqdm.write(f"resuming from {path} (stage {where}, step {s.global_step}, {s.tokens:,} tokens)")
     return True

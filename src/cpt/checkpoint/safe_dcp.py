@@ -109,7 +109,12 @@ class SafeReader(FileSystemReader):
     `state/` folder, and a byte range within it."""
 
     def read_metadata(self, *args, **kwargs) -> dcp_metadata.Metadata:
-        metadata = read_metadata(self._get_metadata_path(kwargs.get("rank")))
+        # read once per reader: the pure-Python unpickler is slow, and DCP asks again in `load`
+        key = kwargs.get("rank")
+        cache = self.__dict__.setdefault("_cpt_metadata", {})
+        if key not in cache:
+            cache[key] = read_metadata(self._get_metadata_path(key))
+        metadata = cache[key]
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id

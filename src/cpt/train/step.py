@@ -7,6 +7,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
+
+from ..distributed.env import Dist
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
@@ -35,9 +38,11 @@ class StepResult:
 
 
 def train_step(model, optimizer, micro_batches: torch.Tensor, lr: float, grad_clip: float | None,
-               autocast=contextlib.nullcontext) -> StepResult:
-    """`micro_batches`: (accum, micro_batch, seq_len) token ids; labels are the inputs (the model
-    shifts them). The loss of every micro-batch is scaled by 1/accum so the gradient is the mean."""
+               autocast=contextlib.nullcontext, dist: Dist = Dist()) -> StepResult:
+    """`micro_batches`: (accum, micro_batch, seq_len) token ids, this rank's part of the step;
+    labels are the inputs (the model shifts them). The loss of every micro-batch is scaled by
+    1/accum, and FSDP2 averages over ranks, so the gradient is the mean over the global batch.
+    The loss returned is the global mean, the same on every rank."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     accum = micro_batches.shape[0]
@@ -48,11 +53,13 @@ def train_step(model, optimizer, micro_batches: torch.Tensor, lr: float, grad_cl
         loss.backward()
         total += loss.detach()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    if grad_clip is not None:
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if grad_clip is not None or dist.world > 1:  # sharded: the norm over every rank's shard
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
     else:
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-    loss, norm = float(total), float(norm)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    loss, norm = dist.mean(float(total), micro_batches.device), float(norm)
     skipped = not (math.isfinite(loss) and math.isfinite(norm))
     if not skipped:  # a NaN/Inf gradient would poison every weight and both AdamW moments
         optimizer.step()

@@ -1,0 +1,67 @@
+"""The process group, from torchrun's environment: NCCL on CUDA, gloo on CPU.
+
+`Dist` is what the rest of cpt knows about the other processes: its rank, the world size, and
+collectives that are no-ops for one process (so a single process never creates a group and its
+numbers stay byte for byte what they were)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import CptError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes files, logs and draws progress."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def mean(self, value: float, device: torch.device) -> float:
+        """The mean of a per-rank number over all ranks."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t) / self.world
+
+    def broadcast(self, obj):
+        """Rank 0's value of a picklable object (rank 0's own, unpickled only from our peers)."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def from_env(device: torch.device) -> Dist:
+    """The `Dist` of this process; joins the process group when torchrun started several."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise CptError("WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers (set by torchrun)") from None
+    if world == 1:
+        return Dist()
+    if device.type == "cuda":
+        if not dist.is_nccl_available():
+            raise CptError("device: cuda with several ranks needs NCCL, which this torch build lacks; "
+                           "install a CUDA build of torch")
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=rank, world=world, local_rank=local)

@@ -67,3 +67,155 @@ def test_decoder_layers_of_hugging_face_families():
     assert decoder_layers(llama) is llama.model.layers and decoder_layers(gpt2) is gpt2.transformer.h
     with pytest.raises(CptError, match="Linear has no list of decoder layers"):
         decoder_layers(torch.nn.Linear(2, 2))
+
+
+def two_stage_recipe(dir: Path, shared: Path) -> Path:
+    """Two stages on stories260K (the second from the first's pre-cooldown checkpoint), 8 samples a step."""
+    import yaml
+
+    stories = {"paths": [f"{shared}/corpora/en/tinystories.txt"], "separator": "<|endoftext|>"}
+    wiki = {"paths": [f"{shared}/corpora/en/wikipedia_en.txt"], "format": "lines"}
+    recipe = {
+        "seed": 0, "model": {"path": f"{shared}/models/stories260K"}, "base_sources": ["stories"],
+        "seq_len": 64, "micro_batch": 2, "batch_tokens": 512, "optimizer": {"lr": 2.0e-3, "weight_decay": 0.1},
+        "sources": {"stories": stories, "wiki": wiki}, "validation": {"tokens_per_source": 1024},
+        "checkpoint": {"every_tokens": 2048},
+        "stages": [{"name": "a", "tokens": 6144, "mix": {"stories": 0.25, "wiki": 0.75},
+                    "schedule": {"kind": "wsd", "warmup": 0.1, "decay": 0.25}},
+                   {"name": "b", "tokens": 4096, "init": "a@pre-cooldown", "mix": {"stories": 0.5, "wiki": 0.5},
+                    "schedule": {"kind": "cooldown", "shape": "linear", "to": 0.0}}],
+    }
+    path = dir / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def cpt_run(n: int, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)] if n > 1 else [sys.executable]
+    return subprocess.run([*launch, "-m", "cpt", "run", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def records(out: Path, kind: str) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == kind]
+
+
+def close(a, b, rel=1e-5):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return b == pytest.approx(a, rel=rel, abs=1e-12)
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, shared):
+    """The two-stage recipe, run uninterrupted by one process."""
+    root = tmp_path_factory.mktemp("single")
+    recipe = two_stage_recipe(root, shared)
+    res = cpt_run(1, recipe, "--out", root / "one")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return recipe, root / "one"
+
+
+def test_cpt_run_on_two_ranks_equals_one_process(single, tmp_path):
+    """A two-stage recipe under torchrun with 2 ranks: the same samples in the same order (batch
+    fingerprints), per-step losses and the summary within 1e-5, checkpoints and an export."""
+    recipe, one = single
+    two = tmp_path / "two"
+    res = cpt_run(1, recipe, "--out", two, "--nproc", "2")  # cpt launches torchrun itself
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (two / "checkpoints" / "a@final" / "state" / "__1_0.distcp").is_file()  # written by rank 1
+    a, b = records(one, "train"), records(two, "train")
+    assert [r["batch_crc32"] for r in a] == [r["batch_crc32"] for r in b] and len(a) == 20
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["lr"] == x["lr"]
+    assert close(json.loads((one / "summary.json").read_text()), json.loads((two / "summary.json").read_text()))
+    assert {p.name for p in (one / "checkpoints").iterdir()} == {p.name for p in (two / "checkpoints").iterdir()}
+    from transformers import AutoModelForCausalLM
+
+    m1, m2 = (AutoModelForCausalLM.from_pretrained(o / "model") for o in (one, two))
+    for (n, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), n
+
+
+def killed(n: int, recipe: Path, out: Path, after: str) -> None:
+    """Start `cpt run` on n ranks and kill the whole process group once checkpoint `after` exists."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)] if n > 1 else [sys.executable]
+    proc = subprocess.Popen([*launch, "-m", "cpt", "run", str(recipe), "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / after).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pattern = f"cpt run {recipe} --out {out}"  # torchrun's workers run in sessions of their own
+    subprocess.run(["pkill", "-KILL", "-f", pattern])
+    proc.wait()
+    deadline = time.time() + 30
+    while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0 and time.time() < deadline:
+        time.sleep(0.1)
+    assert not (out / "summary.json").exists(), "the run finished before it could be killed"
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_a_checkpoint_reshards_to_another_world_size(single, tmp_path, before, after):
+    """Saved by `before` ranks, resumed on `after`: the same data position (batch fingerprints),
+    schedule and optimizer state; the run ends as the uninterrupted one."""
+    recipe, full = single
+    cut = tmp_path / "cut"
+    killed(before, recipe, cut, "step-0000008")
+    res = cpt_run(after, recipe, "--out", cut, "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = records(full, "train"), records(cut, "train")
+    assert [r["batch_crc32"] for r in a] == [r["batch_crc32"] for r in b]  # nothing repeated or skipped
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+    assert close(json.loads((full / "summary.json").read_text()), json.loads((cut / "summary.json").read_text()))
+
+
+def test_what_several_ranks_cannot_run_yet_is_one_line(tmp_path, shared):
+    from conftest import small_recipe
+    from cpt.build import check_world
+    from cpt.distributed.env import Dist
+
+    plain = small_recipe(tmp_path, shared, "  - {name: a, tokens: 2048, mix: {stories: 1.0}}\n")
+    check_world(plain, Dist(rank=0, world=1))  # 4 samples a step, micro_batch 4: one rank only
+    with pytest.raises(CptError, match=r"stages\[0\] \(a\): batch_tokens: 4 samples a step do not split into "
+                                       r"micro_batch 4 x 2 ranks"):
+        check_world(plain, Dist(rank=0, world=2))
+    buffered = small_recipe(tmp_path, shared, "  - {name: a, tokens: 2048, batch_tokens: 512, mix: {stories: 1.0}, "
+                                              "buffer_add: {source: stories, tokens: 256}}\n")
+    with pytest.raises(CptError, match=r"stages\[0\].buffer_add: .* one process only for now"):
+        check_world(buffered, Dist(rank=0, world=2))
+
+
+def test_activation_checkpointing_recomputes_the_same_gradients():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cpt.distributed.config import DistributedCfg
+    from cpt.distributed.env import Dist
+    from cpt.distributed.fsdp import shard_model
+
+    def grads(cfg):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2))
+        shard_model(model, Dist(), cfg, torch.device("cpu"))
+        model.train()
+        ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+        model(input_ids=ids, labels=ids).loss.backward()
+        return model, [p.grad for p in model.parameters()]
+
+    plain, g0 = grads(DistributedCfg())
+    recomputed, g1 = grads(DistributedCfg(activation_checkpointing="full"))
+    flag = "is_activation_checkpointing" if hasattr(plain, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    assert getattr(recomputed, flag) and not getattr(plain, flag)
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-8) for a, b in zip(g0, g1))

@@ -275,7 +275,7 @@ class Payload:
 
 
 def test_a_planted_pickle_payload_is_not_executed(tmp_path, capsys, shared):
-    ckpts = saved(tmp_path, names=("a",))
+    saved(tmp_path, names=("a",))
     Payload.marker = tmp_path / "pwned"
     (tmp_path / "a" / "state" / ".metadata").write_bytes(pickle.dumps(Payload()))
     write_manifest(tmp_path / "a")  # a hostile author rewrites the checksums too

@@ -10,6 +10,9 @@ import torch
 
 from .checkpoint.manager import CheckpointManager
 from .data.prepare import RunData
+from .distributed.batch import rank_accum, rank_slice
+from .distributed.env import Dist, from_env
+from .distributed.fsdp import shard_model
 from .errors import CptError
 from .notify import note
 from .runfolder import RunFolder
@@ -41,8 +44,14 @@ class Run:
     state: TrainState
     recipe_hash: str
     new_ids: list[int] | None = None  # tokens added by a vocabulary extension (row-level `trainable:`)
-    folder: RunFolder | None = None  # the claimed, locked --out
+    folder: RunFolder | None = None  # the claimed, locked --out (rank 0's)
     hooks: Hooks = field(default_factory=lambda: Hooks([]))
+    dist: Dist = field(default_factory=Dist)
+
+    def local(self, tokens: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a step's global batch, as (micro-batches, micro_batch, seq_len) on the device."""
+        part = rank_slice(tokens, self.recipe.micro_batch, self.dist.rank, self.dist.world)
+        return part.to(self.device, non_blocking=True)
     rows: list = field(default_factory=list)  # the TrainableRows of the stage running now
 
 
@@ -63,30 +72,49 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     """Claim the output folder, then build tokenizer, model, data and bookkeeping, in that order."""
     out = Path(out)
     recipe_hash = recipe_fingerprint(recipe)
-    checkpoints = CheckpointManager(out / "checkpoints")
+    device = pick_device(recipe.device)
+    d = from_env(device)
+    check_world(recipe, d)
+    checkpoints = CheckpointManager(out / "checkpoints", d)
     segments = plan_segments(recipe)  # reads the LR stored with any `init:` checkpoint folder
-    folder = claim_out_dir(out, resume, recipe_hash, checkpoints, recipe_path)
-    write_text_atomic(out / "recipe.yaml", recipe_text)
+    folder = None
+    if d.is_main:  # one process claims, locks and writes the folder; the others wait for it
+        folder = claim_out_dir(out, resume, recipe_hash, checkpoints, recipe_path)
+        write_text_atomic(out / "recipe.yaml", recipe_text)
 
     torch.manual_seed(recipe.seed)  # the RNG state every checkpoint saves is the recipe's, not the clock's
-    device = pick_device(recipe.device)
     tokenizer = load_tokenizer(recipe.tokenizer_path)
     model = build_model(recipe, tokenizer).to(device)
     new_ids = new_token_ids(recipe.model.path)
     check_extension(model, tokenizer, new_ids, recipe.model.path)
     model.train()
-    data = RunData(recipe, out, tokenizer)
+    shard_model(model, d, recipe.distributed, device)
+    data = d.main_first(lambda: RunData(recipe, out, tokenizer))  # shards and slices made once, then read
     run = Run(
         recipe=recipe, out=out, tokenizer=tokenizer, model=model,
         optimizer=build_optimizer(model, recipe.optimizer), device=device, autocast=autocast_for(device),
         data=data, validation=data.validation(), segments=segments,
-        checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl"), state=TrainState(),
-        recipe_hash=recipe_hash, new_ids=new_ids, folder=folder,
+        checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl", enabled=d.is_main), state=TrainState(),
+        recipe_hash=recipe_hash, new_ids=new_ids, folder=folder, dist=d,
         hooks=Hooks([NonFiniteGuard(recipe.nonfinite)]),
     )
-    checkpoints.check_space(model, run.optimizer)  # early: a week of training before the first save fails
-    folder.record()  # what this run wrote so far: a restart before the first checkpoint removes only that
+    if d.is_main:
+        checkpoints.check_space(model, run.optimizer)  # early: a week of training before the first save fails
+        folder.record()  # what this run wrote so far: a restart before the first checkpoint removes only that
     return run
+
+
+def check_world(recipe: Recipe, d: Dist) -> None:
+    """What several ranks need of the recipe, checked before any work."""
+    if d.world == 1:
+        return
+    for i, st in enumerate(recipe.stages):
+        rank_accum(recipe.stage_samples(st), recipe.micro_batch, d.world, f"stages[{i}] ({st.name}): batch_tokens")
+        rows = [g for g in st.trainable if g.startswith("new_")]
+        if rows or st.buffer_add is not None:
+            what = f"trainable: {rows[0]}" if rows else "buffer_add"
+            raise CptError(f"stages[{i}].{what.split(':')[0]}: `{what}` runs in one process only for now; "
+                           "run this recipe without torchrun (or --nproc 1)")
 
 
 def claim_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: CheckpointManager,

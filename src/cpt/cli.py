@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", type=Path, help="recipe YAML file (see README: Recipe reference)")
     run.add_argument("--out", type=Path, required=True, help="run folder: new or empty, or a run to continue with --resume")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    run.add_argument("--nproc", type=int, default=1, metavar="N",
+                     help="train on N processes of this machine (launches torchrun; one per GPU, or CPU ranks)")
     demo = sub.add_parser("demo", help="a 5-minute self-contained demo on CPU", description=DEMO_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
@@ -48,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "run" and args.nproc != 1:
+            from .distributed.launch import launch
+
+            return launch(args.recipe, args.out, args.resume, args.nproc)
         if args.command == "run":
             from .runner import run_recipe
 

@@ -21,6 +21,7 @@ from .data.sources import DECODED, RECORDS, first_record_problem, template_probl
 from .checkpoint.integrity import verify as verify_checkpoint
 from .errors import CptError, RecipeError
 from .train.guard_cfg import NonFiniteCfg
+from .distributed.config import DistributedCfg
 from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, PositiveLR, Schedule, ConstantSchedule, Segment,
                         decays, plan_segments)
 
@@ -191,6 +192,7 @@ class Recipe(Strict):
     stages: list[StageCfg] = Field(min_length=1)
     eval: EvalCfg = EvalCfg()
     checkpoint: CheckpointCfg = CheckpointCfg()
+    distributed: DistributedCfg = DistributedCfg()  # under torchrun: FSDP2 settings (distributed/config.py)
     nonfinite: NonFiniteCfg = NonFiniteCfg()  # skip NaN/Inf steps; stop after max_bad_steps in a row
     base_sources: list[str] = []  # the starting model's own pretraining data (D0), if known
     data_dir: RelPath | None = None  # shard cache shared between runs; default <out>/shards

@@ -19,9 +19,12 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False) -> Path:
     sizes = {n: SourceSize(d.stream.samples_per_epoch, d.stream.epoch_tokens, distinct=d.stream.distinct_tokens)
              for n, d in run.data.sources.items()}
     plans = plan_stages(recipe, run.segments, sizes)
-    print(format_plan(recipe, plans, sizes, plan_warnings(recipe, run.segments, plans, sizes, recipe.max_epochs)), flush=True)
+    if run.dist.is_main:
+        print(format_plan(recipe, plans, sizes, plan_warnings(recipe, run.segments, plans, sizes, recipe.max_epochs)),
+              flush=True)
     train(run)
     finish(run)
     report = Path(out) / "report.md"
-    print(f"done: report at {report}")
+    if run.dist.is_main:
+        print(f"done: report at {report}")
     return report

@@ -3,7 +3,6 @@ stories260K on fixed global batches, each rank on its slice; rank 0 writes the p
 and gradient norms, and whether the frozen embeddings kept every bit, to argv[2] as JSON."""
 
 import json
-import os
 import sys
 
 import torch

@@ -22,6 +22,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from torch.distributed.tensor import DTensor
+
+from ..distributed.env import Dist
 from ..errors import CptError
 from ..notify import warn
 from ..fileio import fsync_dir, replace_dir, write_json_atomic
@@ -40,26 +43,38 @@ def _quiet():
 
 
 class CheckpointManager:
-    def __init__(self, root: Path):
+    """With several ranks every rank writes and reads its own shards (DCP); rank 0 alone creates
+    the temporary folder, writes `meta.json` and the manifest, renames, and verifies checksums."""
+
+    def __init__(self, root: Path, dist: Dist = Dist()):
         self.root = Path(root)
+        self.dist = dist
         self.last_good: Path | None = None  # the newest checkpoint this process wrote or resumed from
 
     def path(self, name: str) -> Path:
         return self.root / name
 
     def save(self, name: str, model, optimizer, meta: dict) -> Path:
-        check_finite(model, optimizer, f"checkpoint {name}")
+        check_finite(model, optimizer, f"checkpoint {name}", self.dist)
         final = self.path(name)
         tmp = self.root / f".tmp-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        need = self.check_space(model, optimizer, f"checkpoint {name}")
+        main = self.dist.is_main
+        need = state_bytes(model, optimizer)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.check_space(model, optimizer, f"checkpoint {name}")
         try:
-            tmp.mkdir(parents=True)
-            self._write(tmp, model, optimizer, {"name": name, **meta})
-            replace_dir(tmp, final)  # a stage end redone after a resume replaces the old copy whole
+            if main:
+                tmp.mkdir(parents=True)
+            self.dist.barrier()
+            self._write(tmp, model, optimizer, {"name": name, **meta}, main)
+            if main:
+                replace_dir(tmp, final)  # a stage end redone after a resume replaces the old copy whole
+            self.dist.barrier()
             self.last_good = final
         except BaseException as e:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
             cause = _os_error(e)
             # torch.save's zip writer reports a full disk as a RuntimeError: ask the disk itself
             full = cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -80,7 +95,7 @@ class CheckpointManager:
         return need
 
     @staticmethod
-    def _write(tmp: Path, model, optimizer, meta: dict) -> None:
+    def _write(tmp: Path, model, optimizer, meta: dict, main: bool = True) -> None:
         # get_state_dict materialises a fresh optimizer's state with a zero-LR step, which would
         # make the next real AdamW step use step-2 bias correction; undo it after saving.
         fresh = not optimizer.state
@@ -92,9 +107,10 @@ class CheckpointManager:
         finally:
             if fresh:
                 optimizer.state.clear()
-        write_json_atomic(tmp / META, {**meta, "optim_fresh": fresh})
-        fsync_dir(tmp / "state")
-        write_manifest(tmp)  # last: its presence says every file before it is complete
+        if main:  # DCP's coordinator wrote `.metadata` after every rank's shards: the folder is whole
+            write_json_atomic(tmp / META, {**meta, "optim_fresh": fresh})
+            fsync_dir(tmp / "state")
+            write_manifest(tmp)  # last: its presence says every file before it is complete
 
     @staticmethod
     def read_meta(path: Path) -> dict:
@@ -107,13 +123,21 @@ class CheckpointManager:
         return meta
 
     @staticmethod
-    def load(path: Path, model, optimizer, rng: bool = True, verified: bool = False) -> dict:
+    def load(path: Path, model, optimizer, rng: bool = True, verified: bool = False, dist: Dist = Dist()) -> dict:
         """Load model and optimizer (and the RNG) in place from a checkpoint folder; return its meta.
         The optimizer's state becomes exactly the saved one: moments of frozen parameters included,
         none for parameters that had none (they had never trained). The files are verified against
         their checksums first, unless the caller just did (`verified`)."""
-        if not verified:
-            verify(path)
+        if not verified:  # on rank 0, once; every rank hears the verdict
+            problem = None
+            if dist.is_main:
+                try:
+                    verify(path)
+                except CorruptCheckpoint as e:
+                    problem = str(e)
+            problem = dist.broadcast(problem)
+            if problem:
+                raise CorruptCheckpoint(problem)
         meta = CheckpointManager.read_meta(path)
         flags = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():  # ask DCP for every parameter's state; keep what the file has
@@ -173,7 +197,12 @@ class CheckpointManager:
 
     def newest_intact(self) -> Path | None:
         """The newest checkpoint whose files match their checksums; each one skipped is named in a
-        one-line warning (a resume then redoes the steps since the one it uses)."""
+        one-line warning (a resume then redoes the steps since the one it uses). Rank 0 decides."""
+        found = self._newest_intact() if self.dist.is_main else None
+        found = self.dist.broadcast(None if found is None else str(found))
+        return None if found is None else Path(found)
+
+    def _newest_intact(self) -> Path | None:
         for d in self.candidates():
             try:
                 verify(d)
@@ -183,16 +212,22 @@ class CheckpointManager:
         return None
 
 
-def check_finite(model, optimizer, what: str) -> None:
+def check_finite(model, optimizer, what: str, dist: Dist = Dist()) -> None:
     """Refuse to write NaN or Inf weights or moments: a checkpoint (or export) is a point to come
-    back to, and one that holds NaN poisons every run started from it."""
+    back to, and one that holds NaN poisons every run started from it. Each rank checks its own
+    shards; all ranks agree on the verdict (one refusing alone would leave the others waiting)."""
     tensors = [("weights", p) for p in model.parameters()]
     states = optimizer.state.values() if optimizer is not None else []
     tensors += [("optimizer state", t) for st in states for t in st.values() if torch.is_tensor(t) and t.is_floating_point()]
+    bad = None
     for kind, t in tensors:
-        if t.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(t.detach()))).all()):  # NaN propagates; 20x isfinite's speed
-            raise CptError(f"{what}: the model's {kind} hold NaN or Inf; refusing to write them "
-                           "(lower the LR, or resume from an earlier checkpoint)")
+        local = t.to_local() if isinstance(t, DTensor) else t
+        if local.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(local.detach()))).all()):  # NaN propagates
+            bad = kind
+            break
+    if dist.agree(bad is not None):
+        raise CptError(f"{what}: the model's {bad or 'weights'} hold NaN or Inf; refusing to write them "
+                       "(lower the LR, or resume from an earlier checkpoint)")
 
 
 def state_bytes(model, optimizer) -> int:

@@ -30,6 +30,23 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def main_first(self, make):
+        """`make()` on rank 0, then on the others: what rank 0 writes, they find and read."""
+        if self.is_main:
+            made = make()
+            self.barrier()
+            return made
+        self.barrier()
+        return make()
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when it is true on any."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t)
+
     def mean(self, value: float, device: torch.device) -> float:
         """The mean of a per-rank number over all ranks."""
         if self.world == 1:

@@ -28,7 +28,16 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def shard_model(model: nn.Module, d: Dist, cfg: DistributedCfg, device: torch.device) -> nn.Module:
-    """Shard `model` in place over all ranks (world size 1: untouched)."""
+    """Shard `model` in place over all ranks (world size 1: not wrapped), after turning on
+    activation checkpointing when asked (the same recomputation at any world size)."""
+    if cfg.activation_checkpointing == "full":
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise CptError(f"distributed.activation_checkpointing: {type(model).__name__} does not support it; "
+                           "set it to none")
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name for it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if d.world == 1:
         return model
     from torch.distributed.device_mesh import init_device_mesh
@@ -44,3 +53,23 @@ def shard_model(model: nn.Module, d: Dist, cfg: DistributedCfg, device: torch.de
         fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
     return model
+
+
+def full_state(model: nn.Module, d: Dist) -> dict | None:
+    """The whole model's weights on rank 0's CPU, gathered from the shards (None unsharded: the
+    model's own state is whole)."""
+    if d.world == 1:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(model: nn.Module, state: dict, d: Dist) -> None:
+    """Load whole (unsharded) weights into the model, sharded or not."""
+    if d.world == 1:
+        model.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))

@@ -28,8 +28,9 @@ class NonFiniteGuard(Hook):
         self.skipped += 1
         s = run.state
         lr = stage.lr(s.stage_step - 1, run.recipe.stage_batch(stage.cfg))
-        warn(f"step {s.global_step} (stage {stage.name}, lr {lr:.3g}): loss {result.loss}, "
-                   f"gradient norm {result.grad_norm}; step skipped, no update ({self.in_a_row} in a row)")
+        if run.dist.is_main:
+            warn(f"step {s.global_step} (stage {stage.name}, lr {lr:.3g}): loss {result.loss}, "
+                 f"gradient norm {result.grad_norm}; step skipped, no update ({self.in_a_row} in a row)")
         if self.in_a_row >= self.max_bad:
             last = run.checkpoints.last_good
             where = f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written yet"

@@ -20,12 +20,14 @@ def train(run) -> None:
         begin_stage(run, stage)
         batch_tokens = r.stage_batch(stage.cfg)
         # a bar closed on the way out: an error that stops the run gets a line of its own
-        with tqdm(total=stage.steps, initial=s.stage_step, desc=f"stage {stage.name}", unit="step") as bar:
+        with tqdm(total=stage.steps, initial=s.stage_step, desc=f"stage {stage.name}", unit="step",
+                  disable=not run.dist.is_main) as bar:
             while s.stage_step < stage.steps:
                 t0 = time.perf_counter()
                 lr = stage.lr(s.stage_step, batch_tokens)
                 tokens = batch(run, stage, s.stage_step)
-                result = train_step(run.model, run.optimizer, tokens, lr, r.optimizer.grad_clip, run.autocast)
+                result = train_step(run.model, run.optimizer, run.local(tokens), lr, r.optimizer.grad_clip, run.autocast,
+                                    run.dist)
                 s.stage_step, s.global_step, s.tokens = s.stage_step + 1, s.global_step + 1, s.tokens + batch_tokens
                 seconds = time.perf_counter() - t0
                 after_step(run, stage, result, lr, seconds, tokens)
@@ -53,7 +55,7 @@ def resume(run) -> bool:
         raise CptError(f"{path / 'meta.json'}: {e}; resume from another checkpoint or start a new --out") from None
     if run.state.entered:  # saved inside a stage: its trainable rows are part of what was saved
         start_rows(run, run.state.stage_index)
-    run.checkpoints.load(path, run.model, run.optimizer, verified=True)
+    run.checkpoints.load(path, run.model, run.optimizer, verified=True, dist=run.dist)
     run.checkpoints.last_good = path
     run.metrics.truncate(run.state.metrics_bytes)
     s, names = run.state, [st.name for st in run.recipe.stages]

@@ -12,11 +12,15 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = Path(path)
-        self.path.touch()
+        self.enabled = enabled  # one writer: rank 0 of a multi-process run
+        if enabled:
+            self.path.touch()
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         bad = sorted(_nonfinite_keys(record))
         if bad:  # JSON has no NaN: write null and say which fields were not finite
             record = {**_finite(record), "nonfinite": bad}
@@ -24,10 +28,11 @@ class MetricsLog:
             f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def size(self) -> int:
-        return self.path.stat().st_size
+        return self.path.stat().st_size if self.enabled else 0
 
     def truncate(self, size: int) -> None:
-        os.truncate(self.path, size)
+        if self.enabled:
+            os.truncate(self.path, size)
 
     def records(self) -> list[dict]:
         with open(self.path) as f:

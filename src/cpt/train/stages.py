@@ -10,6 +10,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from ..distributed.fsdp import load_full_state
 from ..eval.document_loss import document_losses
 from ..data.mixture import StageMixture
 from ..eval.validation import evaluate
@@ -46,11 +47,10 @@ def plan_stage(run, index: int) -> Stage:
 
 
 def batch(run, stage: Stage, step: int) -> torch.Tensor:
-    """Token ids of step `step` as (accum, micro_batch, seq_len)."""
-    r = run.recipe
+    """Token ids of step `step`, the global batch (samples, seq_len) in mixture order, on the CPU:
+    the same for any number of ranks (`run.local` takes this rank's part)."""
     rows = [run.data.stream(name).sample(s) for name, s in stage.mixture.step(step)]
-    tokens = torch.from_numpy(np.stack(rows).astype(np.int64))
-    return tokens.view(r.stage_accum(stage.cfg), r.micro_batch, r.seq_len).to(run.device, non_blocking=True)
+    return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
 def run_eval(run, stage: Stage, tag: str) -> dict[str, float]:
@@ -114,11 +114,11 @@ def enter_stage(run, stage: Stage) -> None:
     """Load the stage's starting weights (`init:`), then measure where it starts."""
     init = stage.cfg.init
     if init == "base":  # "start from these weights": the base model, a fresh optimizer
-        run.model.load_state_dict(build_model(run.recipe, run.tokenizer).state_dict())
+        load_full_state(run.model, build_model(run.recipe, run.tokenizer).state_dict(), run.dist)
         run.optimizer = build_optimizer(run.model, run.recipe.optimizer)
     elif init != "previous":
         path = run.checkpoints.path(init) if stage.cfg.init_ref else stage.cfg.init_path
-        run.checkpoints.load(path, run.model, run.optimizer, rng=False)
+        run.checkpoints.load(path, run.model, run.optimizer, rng=False, dist=run.dist)
     policy = stage.cfg.optimizer_state
     if policy == "reset":  # fresh AdamW moments and step count
         run.optimizer = build_optimizer(run.model, run.recipe.optimizer)

@@ -1,0 +1,26 @@
+"""`cpt run --nproc N`: torchrun on this machine, N ranks running `python -m cpt run`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import CptError
+from ..recipe import load_recipe
+
+
+def launch(recipe: Path, out: Path, resume: bool, nproc: int) -> int:
+    """Check the recipe here (a bad one is one line, exit 2, before any process starts), then run
+    torchrun and return its exit status."""
+    if not 1 <= nproc <= 1024:
+        raise CptError(f"--nproc: {nproc} is not a number of processes from 1 to 1024")
+    if "WORLD_SIZE" in os.environ:
+        raise CptError("--nproc: already running under torchrun; drop --nproc (torchrun sets the ranks)")
+    load_recipe(recipe)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "cpt", "run", str(recipe), "--out", str(out), *(["--resume"] if resume else [])]
+    # two CPU ranks sharing cores slow each other down many times unless each keeps to one thread
+    env = {"OMP_NUM_THREADS": "1", **os.environ}
+    return subprocess.call(cmd, env=env)

@@ -70,7 +70,8 @@ def test_decoder_layers_of_hugging_face_families():
 
 
 def two_stage_recipe(dir: Path, shared: Path) -> Path:
-    """Two stages on stories260K (the second from the first's pre-cooldown checkpoint), 8 samples a step."""
+    """Two stages on stories260K (the second from the first's pre-cooldown checkpoint, replaying the
+    hardest wiki documents of the first), 8 samples a step."""
     import yaml
 
     stories = {"paths": [f"{shared}/corpora/en/tinystories.txt"], "separator": "<|endoftext|>"}
@@ -81,8 +82,9 @@ def two_stage_recipe(dir: Path, shared: Path) -> Path:
         "sources": {"stories": stories, "wiki": wiki}, "validation": {"tokens_per_source": 1024},
         "checkpoint": {"every_tokens": 2048},
         "stages": [{"name": "a", "tokens": 6144, "mix": {"stories": 0.25, "wiki": 0.75},
-                    "schedule": {"kind": "wsd", "warmup": 0.1, "decay": 0.25}},
-                   {"name": "b", "tokens": 4096, "init": "a@pre-cooldown", "mix": {"stories": 0.5, "wiki": 0.5},
+                    "schedule": {"kind": "wsd", "warmup": 0.1, "decay": 0.25},
+                    "buffer_add": {"source": "wiki", "tokens": 2000, "policy": "hard"}},  # scored on every rank
+                   {"name": "b", "tokens": 4096, "init": "a@pre-cooldown", "mix": {"stories": 0.5, "buffer": 0.5},
                     "schedule": {"kind": "cooldown", "shape": "linear", "to": 0.0}}],
     }
     path = dir / "recipe.yaml"
@@ -130,6 +132,9 @@ def test_cpt_run_on_two_ranks_equals_one_process(single, tmp_path):
     res = cpt_run(1, recipe, "--out", two, "--nproc", "2")  # cpt launches torchrun itself
     assert res.returncode == 0, res.stderr[-3000:]
     assert (two / "checkpoints" / "a@final" / "state" / "__1_0.distcp").is_file()  # written by rank 1
+    buffers = [json.loads((o / "buffer" / "manifest.json").read_text())["additions"] for o in (one, two)]
+    assert buffers[0][0]["documents"] == buffers[1][0]["documents"]  # the same hardest documents
+    assert (one / "buffer" / "v1.bin").read_bytes() == (two / "buffer" / "v1.bin").read_bytes()
     a, b = records(one, "train"), records(two, "train")
     assert [r["batch_crc32"] for r in a] == [r["batch_crc32"] for r in b] and len(a) == 20
     for x, y in zip(a, b):
@@ -191,10 +196,11 @@ def test_what_several_ranks_cannot_run_yet_is_one_line(tmp_path, shared):
     with pytest.raises(CptError, match=r"stages\[0\] \(a\): batch_tokens: 4 samples a step do not split into "
                                        r"micro_batch 4 x 2 ranks"):
         check_world(plain, Dist(rank=0, world=2))
-    buffered = small_recipe(tmp_path, shared, "  - {name: a, tokens: 2048, batch_tokens: 512, mix: {stories: 1.0}, "
-                                              "buffer_add: {source: stories, tokens: 256}}\n")
-    with pytest.raises(CptError, match=r"stages\[0\].buffer_add: .* one process only for now"):
-        check_world(buffered, Dist(rank=0, world=2))
+    wide = small_recipe(tmp_path, shared, "  - {name: a, tokens: 2048, batch_tokens: 512, mix: {stories: 1.0}}\n")
+    rows = wide.model_copy(update={"stages": [wide.stages[0].model_copy(update={"trainable": ["layers", "new_input_rows"]})]})
+    check_world(wide, Dist(rank=0, world=2))
+    with pytest.raises(CptError, match=r"stages\[0\].trainable: `new_input_rows` runs in one process only for now"):
+        check_world(rows, Dist(rank=0, world=2))
 
 
 def test_activation_checkpointing_recomputes_the_same_gradients():

@@ -111,9 +111,8 @@ def check_world(recipe: Recipe, d: Dist) -> None:
     for i, st in enumerate(recipe.stages):
         rank_accum(recipe.stage_samples(st), recipe.micro_batch, d.world, f"stages[{i}] ({st.name}): batch_tokens")
         rows = [g for g in st.trainable if g.startswith("new_")]
-        if rows or st.buffer_add is not None:
-            what = f"trainable: {rows[0]}" if rows else "buffer_add"
-            raise CptError(f"stages[{i}].{what.split(':')[0]}: `{what}` runs in one process only for now; "
+        if rows:
+            raise CptError(f"stages[{i}].trainable: `{rows[0]}` runs in one process only for now; "
                            "run this recipe without torchrun (or --nproc 1)")
 
 

@@ -38,11 +38,12 @@ class ReplayBuffer:
 
     def add(self, version: int, stage: str, source: str, shard: Shard, doc_ids: np.ndarray,
             tokens: int, seed: int, policy: str = "uniform", pool: float = 4.0,
-            score: Callable[[list[np.ndarray]], np.ndarray] | None = None) -> int:
+            score: Callable[[list[np.ndarray]], np.ndarray] | None = None, write: bool = True) -> int:
         """Write version `version + 1`: the buffer at `version` plus `tokens` tokens of documents
         from `doc_ids` of `shard`, in the order `policy` gives (seeded by stage). `hard` needs
         `score` (documents -> mean loss each, e.g. `eval.document_loss.document_losses` bound
-        to the model).
+        to the model). With several ranks every rank chooses (scoring runs the model on each), and
+        only the one with `write` writes the files.
         Returns the new version."""
         self.root.mkdir(parents=True, exist_ok=True)
         rng = generator(seed, "buffer", stage)
@@ -61,6 +62,8 @@ class ReplayBuffer:
         n = min(int(np.searchsorted(cum, tokens)) + 1, len(order))
         chosen = order[:n]
         new = version + 1
+        if not write:
+            return new
         with ShardWriter(self.root / f"v{new}", shard.dtype) as w:
             if version > 0:
                 old = self.shard(version)

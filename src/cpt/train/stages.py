@@ -164,7 +164,8 @@ def end_stage(run, stage: Stage) -> None:
                         batch_size=r.micro_batch, autocast=run.autocast)
         s.buffer_version = run.data.buffer.add(s.buffer_version, stage.name, add.source, src.stream.shard,
                                                src.train_ids, budget_tokens(add, src.stream.distinct_tokens), r.seed,
-                                               policy=add.policy, pool=add.pool, score=score)
+                                               policy=add.policy, pool=add.pool, score=score, write=run.dist.is_main)
+        run.dist.barrier()  # the new version is on disk before any rank reads it
     s.stage_index, s.stage_step, s.entered = stage.index + 1, 0, False
     stop_rows(run)  # the rows go back into their matrix: `@final` holds the plain model
     save_checkpoint(run, stage, f"{stage.name}@final", stage.segment.end_lr, stage.segment.total)

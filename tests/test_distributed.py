@@ -1,5 +1,6 @@
 """Several ranks on CPU (gloo, 2 processes under torchrun): the same training as one process."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -225,3 +226,21 @@ def test_activation_checkpointing_recomputes_the_same_gradients():
     flag = "is_activation_checkpointing" if hasattr(plain, "is_activation_checkpointing") else "is_gradient_checkpointing"
     assert getattr(recomputed, flag) and not getattr(plain, flag)
     assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-8) for a, b in zip(g0, g1))
+
+
+def test_validation_split_over_ranks_sums_to_the_whole():
+    """Each rank's part (uneven: 7 windows over 3 ranks, padded to 3 forwards of equal size) sums
+    to one process's total loss."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cpt.distributed.env import Dist
+    from cpt.eval.validation import _rank_loss_sum, evaluate
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2))
+    windows = torch.randint(0, 64, (7, 12), generator=torch.Generator().manual_seed(2))
+    whole = evaluate(model, {"a": windows}, 2, torch.device("cpu"), contextlib.nullcontext)["a"]
+    parts = [_rank_loss_sum(model, windows, 2, torch.device("cpu"), contextlib.nullcontext, Dist(rank=r, world=3))
+             for r in range(3)]
+    assert sum(parts) / 7 == pytest.approx(whole, rel=1e-6)

@@ -47,13 +47,17 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t)
 
-    def mean(self, value: float, device: torch.device) -> float:
-        """The mean of a per-rank number over all ranks."""
+    def sum(self, value: float, device: torch.device) -> float:
+        """The sum of a per-rank number over all ranks."""
         if self.world == 1:
             return value
         t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t)
-        return float(t) / self.world
+        return float(t)
+
+    def mean(self, value: float, device: torch.device) -> float:
+        """The mean of a per-rank number over all ranks."""
+        return self.sum(value, device) / self.world
 
     def broadcast(self, obj):
         """Rank 0's value of a picklable object (rank 0's own, unpickled only from our peers)."""

@@ -54,7 +54,7 @@ def batch(run, stage: Stage, step: int) -> torch.Tensor:
 
 
 def run_eval(run, stage: Stage, tag: str) -> dict[str, float]:
-    losses = evaluate(run.model, run.validation, run.recipe.micro_batch, run.device, run.autocast)
+    losses = evaluate(run.model, run.validation, run.recipe.micro_batch, run.device, run.autocast, run.dist)
     run.metrics.write({"kind": "eval", "stage": stage.name, "tag": tag, "step": run.state.global_step,
                        "tokens": run.state.tokens, "val_loss": losses})
     return losses

@@ -54,7 +54,8 @@ def cpt(*args, cwd=None):
 def train_records(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
-        r.pop("tokens_per_s", None)  # wall-clock, the only thing allowed to differ
+        r.pop("tokens_per_s", None)  # wall-clock, the only things allowed to differ
+        r.pop("perf", None)
     return rows
 
 

@@ -340,3 +340,15 @@ def test_skipped_steps_are_marked_in_summary_and_report(tmp_path: Path):
     line = next(ln for ln in md.splitlines() if "Skipped steps" in ln)
     assert f": 2: {train[1]['step']} ({train[1]['stage']}), {train[2]['step']} ({train[2]['stage']})" in line
     assert (tmp_path / "run" / "plots" / "train_loss.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_report_shows_the_median_step_throughput(tmp_path: Path):
+    metrics = two_stage_metrics()
+    train = [r for r in metrics if r["kind"] == "train"]
+    for i, r in enumerate(train):
+        r["perf"] = {"tokens_per_s_device": 1000.0 + i, "data_wait_s": 0.002, "peak_mem_gib": 1.5, "mfu": 0.25}
+    md = write_report(write_run(tmp_path / "run", two_stage_summary(), metrics)).read_text(encoding="utf-8")
+    median = 1000 + 1 + (len(train) - 1) // 2  # the first step left out
+    line = next(ln for ln in md.splitlines() if "Throughput" in ln)
+    assert line == (f"- Throughput (median step): {median:,} tokens/s per device, MFU 25.0%, peak memory 1.50 GiB, "
+                    "data wait 2.0 ms a step")

@@ -25,6 +25,7 @@ from .train.hooks import Hooks
 from .train.metrics import MetricsLog
 from .train.state import TrainState
 from .train.step import autocast_for, build_optimizer
+from .train.throughput import Throughput, device_peak_tflops, flops_per_token
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Run:
     folder: RunFolder | None = None  # the claimed, locked --out (rank 0's)
     hooks: Hooks = field(default_factory=lambda: Hooks([]))
     dist: Dist = field(default_factory=Dist)
+    throughput: Throughput = field(default_factory=lambda: Throughput(0.0, None, 1))
 
     def local(self, tokens: torch.Tensor) -> torch.Tensor:
         """This rank's part of a step's global batch, as (micro-batches, micro_batch, seq_len) on the device."""
@@ -68,7 +70,8 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     return hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16]
 
 
-def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_path: Path | None = None) -> Run:
+def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_path: Path | None = None,
+              peak_tflops: float | None = None) -> Run:
     """Claim the output folder, then build tokenizer, model, data and bookkeeping, in that order."""
     out = Path(out)
     recipe_hash = recipe_fingerprint(recipe)
@@ -88,6 +91,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     new_ids = new_token_ids(recipe.model.path)
     check_extension(model, tokenizer, new_ids, recipe.model.path)
     model.train()
+    throughput = Throughput(flops_per_token(model, recipe.seq_len), device_peak_tflops(device, peak_tflops), d.world)
     shard_model(model, d, recipe.distributed, device)
     data = d.main_first(lambda: RunData(recipe, out, tokenizer))  # shards and slices made once, then read
     run = Run(
@@ -95,7 +99,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
         optimizer=build_optimizer(model, recipe.optimizer), device=device, autocast=autocast_for(device),
         data=data, validation=data.validation(), segments=segments,
         checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl", enabled=d.is_main), state=TrainState(),
-        recipe_hash=recipe_hash, new_ids=new_ids, folder=folder, dist=d,
+        recipe_hash=recipe_hash, new_ids=new_ids, folder=folder, dist=d, throughput=throughput,
         hooks=Hooks([NonFiniteGuard(recipe.nonfinite)]),
     )
     if d.is_main:

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     run.add_argument("--nproc", type=int, default=1, metavar="N",
                      help="train on N processes of this machine (launches torchrun; one per GPU, or CPU ranks)")
+    run.add_argument("--peak-tflops", type=float, default=None, metavar="T",
+                     help="the device's dense bf16 peak in TFLOP/s, for MFU (known GPUs are looked up)")
     demo = sub.add_parser("demo", help="a 5-minute self-contained demo on CPU", description=DEMO_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
@@ -53,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run" and args.nproc != 1:
             from .distributed.launch import launch
 
-            return launch(args.recipe, args.out, args.resume, args.nproc)
+            return launch(args.recipe, args.out, args.resume, args.nproc, args.peak_tflops)
         if args.command == "run":
             from .runner import run_recipe
 
-            run_recipe(args.recipe, args.out, resume=args.resume)
+            if args.peak_tflops is not None and not 0 < args.peak_tflops < 1e6:
+                raise CptError(f"--peak-tflops: {args.peak_tflops} is not a positive TFLOP/s figure")
+            run_recipe(args.recipe, args.out, resume=args.resume, peak_tflops=args.peak_tflops)
         elif args.command == "demo":
             from .demo.run import run_demo
 

@@ -9,13 +9,14 @@ from .plan import SourceSize, format_plan, plan_stages, plan_warnings
 from .recipe import load_recipe
 
 
-def run_recipe(recipe_path: Path, out: Path, resume: bool = False) -> Path:
+def run_recipe(recipe_path: Path, out: Path, resume: bool = False, peak_tflops: float | None = None) -> Path:
     """Run (or resume) a recipe into `out`; returns the report path."""
     recipe = load_recipe(recipe_path)  # every recipe error surfaces here, before any work
     from .train.finish import finish
     from .train.loop import train
 
-    run = build_run(recipe, Path(recipe_path).read_text(encoding="utf-8"), Path(out), resume, recipe_path=Path(recipe_path))
+    run = build_run(recipe, Path(recipe_path).read_text(encoding="utf-8"), Path(out), resume, recipe_path=Path(recipe_path),
+                    peak_tflops=peak_tflops)
     sizes = {n: SourceSize(d.stream.samples_per_epoch, d.stream.epoch_tokens, distinct=d.stream.distinct_tokens)
              for n, d in run.data.sources.items()}
     plans = plan_stages(recipe, run.segments, sizes)

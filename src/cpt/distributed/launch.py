@@ -11,7 +11,7 @@ from ..errors import CptError
 from ..recipe import load_recipe
 
 
-def launch(recipe: Path, out: Path, resume: bool, nproc: int) -> int:
+def launch(recipe: Path, out: Path, resume: bool, nproc: int, peak_tflops: float | None = None) -> int:
     """Check the recipe here (a bad one is one line, exit 2, before any process starts), then run
     torchrun and return its exit status."""
     if not 1 <= nproc <= 1024:
@@ -20,7 +20,8 @@ def launch(recipe: Path, out: Path, resume: bool, nproc: int) -> int:
         raise CptError("--nproc: already running under torchrun; drop --nproc (torchrun sets the ranks)")
     load_recipe(recipe)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "cpt", "run", str(recipe), "--out", str(out), *(["--resume"] if resume else [])]
+           "-m", "cpt", "run", str(recipe), "--out", str(out), *(["--resume"] if resume else []),
+           *(["--peak-tflops", str(peak_tflops)] if peak_tflops is not None else [])]
     # two CPU ranks sharing cores slow each other down many times unless each keeps to one thread
     env = {"OMP_NUM_THREADS": "1", **os.environ}
     return subprocess.call(cmd, env=env)

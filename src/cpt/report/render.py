@@ -314,6 +314,26 @@ def _skipped_line(stages: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"- **Skipped steps** (NaN or Inf loss or gradient, no update made): {len(skipped)}: {listed}"]
 
 
+def _throughput_lines(records: Sequence[Mapping[str, Any]]) -> str:
+    """Medians over the training steps (the first, which warms up, left out) of what each step's
+    `perf` record measured."""
+    perf = [r["perf"] for r in records if r.get("kind") == "train" and isinstance(r.get("perf"), dict)][1:]
+    if not perf:
+        return ""
+
+    def median(key: str) -> float | None:
+        values = sorted(p[key] for p in perf if isinstance(p.get(key), (int, float)))
+        return values[len(values) // 2] if values else None
+
+    tok, wait, mem, mfu = (median(k) for k in ("tokens_per_s_device", "data_wait_s", "peak_mem_gib", "mfu"))
+    step = 1 / tok if tok else None  # seconds a token, per device
+    parts = [f"{tok:,.0f} tokens/s per device" if tok else None,
+             f"MFU {100 * mfu:.1f}%" if mfu is not None else "MFU – (no known peak; pass --peak-tflops)",
+             f"peak memory {mem:.2f} GiB" if mem is not None else None,
+             f"data wait {1000 * wait:.1f} ms a step" if wait is not None and step else None]
+    return "\n- Throughput (median step): " + ", ".join(p for p in parts if p)
+
+
 def plots_section() -> str:
     """Return the markdown embedding the three plots by relative path."""
     return "\n".join([
@@ -388,11 +408,12 @@ def val_loss_section(summary: Mapping[str, Any]) -> str:
     ])
 
 
-def build_markdown(summary: Mapping[str, Any], run_dir: Path, title: str) -> str:
+def build_markdown(summary: Mapping[str, Any], run_dir: Path, title: str,
+                   records: Sequence[Mapping[str, Any]] = ()) -> str:
     """Return the whole report.md text."""
     sections = [
         f"# {title}",
-        overview_section(summary, run_dir),
+        overview_section(summary, run_dir) + _throughput_lines(records),
         plots_section(),
         forgetting_section(summary),
         adaptation_section(summary),
@@ -414,5 +435,5 @@ def write_report(run_dir: Path, title: str | None = None) -> Path:
     plot_lr(summary, records, plots / PLOT_FILES["lr"])
     plot_train_loss(summary, records, plots / PLOT_FILES["train_loss"])
     report = run_dir / "report.md"
-    atomic_write_text(report, build_markdown(summary, run_dir, title or f"CPT run report: {run_dir.name}"))
+    atomic_write_text(report, build_markdown(summary, run_dir, title or f"CPT run report: {run_dir.name}", records))
     return report

@@ -26,11 +26,12 @@ def train(run) -> None:
                 t0 = time.perf_counter()
                 lr = stage.lr(s.stage_step, batch_tokens)
                 tokens = batch(run, stage, s.stage_step)
+                waited = time.perf_counter() - t0
                 result = train_step(run.model, run.optimizer, run.local(tokens), lr, r.optimizer.grad_clip, run.autocast,
                                     run.dist)
                 s.stage_step, s.global_step, s.tokens = s.stage_step + 1, s.global_step + 1, s.tokens + batch_tokens
                 seconds = time.perf_counter() - t0
-                after_step(run, stage, result, lr, seconds, tokens)
+                after_step(run, stage, result, lr, seconds, tokens, waited)
                 run.hooks.on_step_end(run, stage, result)
                 bar.update()
                 bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{batch_tokens / seconds:,.0f}")

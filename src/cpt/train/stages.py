@@ -134,13 +134,15 @@ def enter_stage(run, stage: Stage) -> None:
         save_checkpoint(run, stage, f"{stage.name}@pre-cooldown", stage.segment.lr(0), 0)
 
 
-def after_step(run, stage: Stage, result: StepResult, lr: float, seconds: float, tokens: torch.Tensor) -> None:
+def after_step(run, stage: Stage, result: StepResult, lr: float, seconds: float, tokens: torch.Tensor,
+               waited: float = 0.0) -> None:
     r, s, batch_tokens = run.recipe, run.state, run.recipe.stage_batch(stage.cfg)
     # a fingerprint of the batch: two runs saw the same samples in the same order iff these agree
     crc = zlib.crc32(tokens.cpu().numpy().tobytes())
     run.metrics.write({"kind": "train", "stage": stage.name, "step": s.global_step, "tokens": s.tokens,
                        "batch_crc32": crc, "lr": lr, "loss": result.loss, "grad_norm": result.grad_norm,
-                       "tokens_per_s": batch_tokens / max(seconds, 1e-9), **({"skipped": True} if result.skipped else {})})
+                       "tokens_per_s": batch_tokens / max(seconds, 1e-9), **({"skipped": True} if result.skipped else {}),
+                       "perf": run.throughput.record(batch_tokens, seconds, waited, run.device)})  # wall clock
     last = s.stage_step == stage.steps
     if r.eval.every_tokens and _crossed(s.tokens, batch_tokens, r.eval.every_tokens) and not last:
         run_eval(run, stage, "periodic")

@@ -50,7 +50,27 @@ def permissions(tmp_path):
         return
     finally:
         probe.chmod(0o755)
-    pytest.skip(f"permission bits are not enforced here (euid {os.geteuid()}, e.g. root)")
+    pytest.skip(f"permission bits are not enforced here (euid {os.geteuid()}, e.g. root); "
+                "test_permission_cases_with_the_override_dropped runs this without CAP_DAC_OVERRIDE")
+
+
+def test_permission_cases_with_the_override_dropped():
+    """As root, permission bits are ignored: run this file again in a process whose capability
+    bounding set lacks the DAC overrides, so the real-permission cases run and must pass there."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or os.environ.get("CPT_DAC_DROPPED"):
+        pytest.skip("not root: the permission cases run directly")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed: cannot drop CAP_DAC_OVERRIDE")
+    caps = "-dac_override,-dac_read_search"
+    res = subprocess.run(["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", "--", sys.executable, "-m",
+                          "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__],
+                         capture_output=True, text=True, env={**os.environ, "CPT_DAC_DROPPED": "1"}, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "permission bits are not enforced" not in res.stdout  # they ran, not skipped
 
 
 @pytest.fixture

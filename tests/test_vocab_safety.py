@@ -97,7 +97,7 @@ def test_llama_style_extension_keeps_english_by_default(llama_style, texts, tmp_
                "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 0, err
-    warnings = [line for line in err.splitlines() if line.startswith("warning: without --protect")]
+    warnings = [line for line in err.splitlines() if line.startswith("cpt: warning: without --protect")]
     assert len(warnings) == 1 and "--protect FILE" in warnings[0], err
     meta = json.loads((out / "vocab_extension.json").read_text())
     assert meta["piece_rules"] == {"split_by_unicode_script": True, "split_by_number": True, "split_digits": True,

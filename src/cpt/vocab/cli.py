@@ -4,10 +4,10 @@ model rows for the new tokens."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import CptError
+from ..notify import warn
 from ..fileio import write_json_atomic
 
 METHODS = ("mean", "first", "random", "multivariate")  # vocab/init.py; here so --help needs no torch
@@ -161,8 +161,8 @@ def _extend(args) -> int:
         print(f"--protect text: {p['changed']:,} of {p['documents']:,} documents "
               f"({100 * p['changed'] / max(p['documents'], 1):.2f}%) tokenize differently")
     else:
-        print("warning: without --protect, base-language text may tokenize differently; pass --protect FILE with "
-              "base-language text to keep it (cpt vocab report measures the change)", file=sys.stderr)
+        warn("without --protect, base-language text may tokenize differently; pass --protect FILE with "
+             "base-language text to keep it (cpt vocab report measures the change)")
     return 0
 
 

@@ -22,6 +22,7 @@ from .recipe import Recipe
 from .schedules import Segment, plan_segments
 from .train.guard import NonFiniteGuard
 from .train.hooks import Hooks
+from .train.saves import SealSaves
 from .train.metrics import MetricsLog
 from .train.state import TrainState
 from .train.step import autocast_for, build_optimizer
@@ -49,12 +50,12 @@ class Run:
     hooks: Hooks = field(default_factory=lambda: Hooks([]))
     dist: Dist = field(default_factory=Dist)
     throughput: Throughput = field(default_factory=lambda: Throughput(0.0, None, 1))
+    rows: list = field(default_factory=list)  # the TrainableRows of the stage running now
 
     def local(self, tokens: torch.Tensor) -> torch.Tensor:
         """This rank's part of a step's global batch, as (micro-batches, micro_batch, seq_len) on the device."""
         part = rank_slice(tokens, self.recipe.micro_batch, self.dist.rank, self.dist.world)
         return part.to(self.device, non_blocking=True)
-    rows: list = field(default_factory=list)  # the TrainableRows of the stage running now
 
 
 def pick_device(choice: str) -> torch.device:
@@ -66,8 +67,10 @@ def pick_device(choice: str) -> torch.device:
 
 
 def recipe_fingerprint(recipe: Recipe) -> str:
-    """The validated recipe, not its text: a comment or a reordered key does not change a run."""
-    return hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16]
+    """The validated recipe, not its text: a comment or a reordered key does not change a run, and
+    neither does how checkpoints are written (`checkpoint.async`)."""
+    what = recipe.model_dump_json(exclude={"checkpoint": {"asynchronous"}})
+    return hashlib.sha256(what.encode()).hexdigest()[:16]
 
 
 def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_path: Path | None = None,
@@ -78,7 +81,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     device = pick_device(recipe.device)
     d = from_env(device)
     check_world(recipe, d)
-    checkpoints = CheckpointManager(out / "checkpoints", d)
+    checkpoints = CheckpointManager(out / "checkpoints", d, asynchronous=recipe.checkpoint.asynchronous)
     segments = plan_segments(recipe)  # reads the LR stored with any `init:` checkpoint folder
     folder = None
     if d.is_main:  # one process claims, locks and writes the folder; the others wait for it
@@ -100,7 +103,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
         data=data, validation=data.validation(), segments=segments,
         checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl", enabled=d.is_main), state=TrainState(),
         recipe_hash=recipe_hash, new_ids=new_ids, folder=folder, dist=d, throughput=throughput,
-        hooks=Hooks([NonFiniteGuard(recipe.nonfinite)]),
+        hooks=Hooks([NonFiniteGuard(recipe.nonfinite)] + ([SealSaves()] if recipe.checkpoint.asynchronous else [])),
     )
     if d.is_main:
         checkpoints.check_space(model, run.optimizer)  # early: a week of training before the first save fails
@@ -114,10 +117,6 @@ def check_world(recipe: Recipe, d: Dist) -> None:
         return
     for i, st in enumerate(recipe.stages):
         rank_accum(recipe.stage_samples(st), recipe.micro_batch, d.world, f"stages[{i}] ({st.name}): batch_tokens")
-        rows = [g for g in st.trainable if g.startswith("new_")]
-        if rows:
-            raise CptError(f"stages[{i}].trainable: `{rows[0]}` runs in one process only for now; "
-                           "run this recipe without torchrun (or --nproc 1)")
 
 
 def claim_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: CheckpointManager,

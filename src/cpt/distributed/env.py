@@ -47,6 +47,14 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t)
 
+    def all(self, flag: bool) -> bool:
+        """True on every rank when it is true on all."""
+        return not self.agree(not flag)
+
+    def new_gloo_group(self):
+        """A gloo process group over all ranks, for collectives off the main thread (None: one process)."""
+        return dist.new_group(backend="gloo") if self.world > 1 else None
+
     def sum(self, value: float, device: torch.device) -> float:
         """The sum of a per-rank number over all ranks."""
         if self.world == 1:
@@ -58,6 +66,12 @@ class Dist:
     def mean(self, value: float, device: torch.device) -> float:
         """The mean of a per-rank number over all ranks."""
         return self.sum(value, device) / self.world
+
+    def average_(self, t: torch.Tensor) -> None:
+        """`t` becomes its mean over all ranks, in place (gloo has no AVG: a sum, then a division)."""
+        if self.world > 1:
+            dist.all_reduce(t)
+            t.div_(self.world)
 
     def broadcast(self, obj):
         """Rank 0's value of a picklable object (rank 0's own, unpickled only from our peers)."""
@@ -84,5 +98,6 @@ def from_env(device: torch.device) -> Dist:
                            "install a CUDA build of torch")
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # CPU tensors (agreement flags, async checkpoint planning) go through gloo beside NCCL
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return Dist(rank=rank, world=world, local_rank=local)

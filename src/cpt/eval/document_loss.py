@@ -9,20 +9,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .mode import evaluating
 
-@torch.no_grad()
+
 def document_losses(model: torch.nn.Module, docs: Sequence[np.ndarray], seq_len: int, device,
                     batch_size: int, autocast: Callable = contextlib.nullcontext) -> np.ndarray:
     """Mean next-token loss of each document under `model` (its first `seq_len` tokens when
     longer than the window); a document of one token has nothing to predict and scores 0.
     Documents go in batches of similar length, right-padded, with the padding masked out of
-    the loss; the model runs in eval mode and gets its previous mode back."""
+    the loss; the model runs in eval mode and gets its previous mode back (eval/mode.py)."""
     out = np.zeros(len(docs), dtype=np.float64)
     cut = [np.asarray(d[:seq_len], dtype=np.int64) for d in docs]
     idx = [i for i in np.argsort([-len(d) for d in cut], kind="stable") if len(cut[i]) >= 2]
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for b in range(0, len(idx), batch_size):
             part = idx[b : b + batch_size]
             width = len(cut[part[0]])
@@ -39,6 +38,4 @@ def document_losses(model: torch.nn.Module, docs: Sequence[np.ndarray], seq_len:
             valid = mask[:, 1:]
             mean = (loss * valid).sum(1) / valid.sum(1)
             out[part] = mean.cpu().numpy()
-    finally:
-        model.train(was_training)
     return out

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..distributed.env import Dist
-
 from ..data.shards import Shard
+from ..distributed.env import Dist
+from .mode import evaluating
 
 
 def validation_windows(shard: Shard, doc_ids: np.ndarray, tokens: int, seq_len: int) -> torch.Tensor:
@@ -18,28 +18,26 @@ def validation_windows(shard: Shard, doc_ids: np.ndarray, tokens: int, seq_len: 
     return torch.from_numpy(stream[: n * seq_len].reshape(n, seq_len))
 
 
-@torch.no_grad()
 def evaluate(model, windows: dict[str, torch.Tensor], micro_batch: int, device, autocast,
              dist: Dist = Dist()) -> dict[str, float]:
     """Mean next-token loss of each source's windows (every window predicts seq_len - 1 tokens,
     so the mean over windows is the mean over tokens). With several ranks each takes its part."""
-    was_training = model.training
-    model.eval()
     out = {}
-    for name, w in windows.items():
-        if dist.world > 1:
-            out[name] = dist.sum(_rank_loss_sum(model, w, micro_batch, device, autocast, dist), device) / len(w)
-            continue
-        losses = []
-        for chunk in w.split(micro_batch):
-            chunk = chunk.to(device)
-            with autocast():
-                losses.append(model(input_ids=chunk, labels=chunk).loss.float() * len(chunk))
-        out[name] = float(torch.stack(losses).sum() / len(w))
-    model.train(was_training)
+    with evaluating(model):
+        for name, w in windows.items():
+            if dist.world > 1:
+                out[name] = dist.sum(_rank_loss_sum(model, w, micro_batch, device, autocast, dist), device) / len(w)
+                continue
+            losses = []
+            for chunk in w.split(micro_batch):
+                chunk = chunk.to(device)
+                with autocast():
+                    losses.append(model(input_ids=chunk, labels=chunk).loss.float() * len(chunk))
+            out[name] = float(torch.stack(losses).sum() / len(w))
     return out
 
 
+@torch.no_grad()
 def _rank_loss_sum(model, w: torch.Tensor, micro_batch: int, device, autocast, dist: Dist) -> float:
     """The summed loss of this rank's contiguous part of the windows. Every rank runs the same
     number of forwards (a sharded model gathers its weights in each): a short part is padded

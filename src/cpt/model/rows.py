@@ -12,12 +12,18 @@ into W and removed.
 
 Tied input/output embeddings are one matrix: one R serves both roles, so its gradient is the sum
 of the input and output gradients, as for the tied matrix itself.
+
+Under FSDP2, W is a DTensor sharded by rows. R is created after sharding, so FSDP2 does not manage
+it: every rank holds all of R (k rows are small), train_step averages its gradient over ranks as
+FSDP2 averages its own, and each rank copies into its own shard of W the rows that fall in it.
+Nothing else of W is ever written: the frozen rows stay bit-identical at any world size.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
 ROWS_PARAM = "cpt_rows"
 
@@ -27,7 +33,11 @@ class TrainableRows:
                  optimizer: torch.optim.Optimizer):
         self.weight, self.optimizer = weight, optimizer
         self.ids = torch.tensor(ids, dtype=torch.long, device=weight.device)
-        self.rows = torch.nn.Parameter(weight.detach()[self.ids].clone())
+        whole = weight.full_tensor() if isinstance(weight, DTensor) else weight  # gathered once a stage
+        self.rows = torch.nn.Parameter(whole.detach()[self.ids].clone())
+        shard, first = _local_rows(weight)
+        mine = (self.ids >= first) & (self.ids < first + shard.shape[0])
+        self.mine, self.mine_at = mine.nonzero().squeeze(1), self.ids[mine] - first  # R's rows in this shard
         # position of each id in R, -1 for the rows that stay frozen
         self.lookup = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)
         self.lookup[self.ids] = torch.arange(len(ids), device=weight.device)
@@ -50,14 +60,16 @@ class TrainableRows:
         return torch.where(new, self.rows[local.clamp(min=0)].to(out.dtype), out)
 
     def _logits(self, module, args, out):
-        bias = None if module.bias is None else module.bias[self.ids]
+        x = args[0]
+        bias = None if module.bias is None else module.bias[self.ids].to(x.dtype)
         # in place: a linear layer's backward does not need its output, and a second B x T x V
         # logits tensor is the largest allocation of a step at a large vocabulary
-        return out.index_copy_(-1, self.ids, F.linear(args[0], self.rows, bias).to(out.dtype))
+        return out.index_copy_(-1, self.ids, F.linear(x, self.rows.to(x.dtype), bias).to(out.dtype))
 
     @torch.no_grad()
     def sync(self) -> None:
-        self.weight.index_copy_(0, self.ids, self.rows.detach())
+        shard, _ = _local_rows(self.weight)  # looked up each time: loading a checkpoint may swap it
+        shard.index_copy_(0, self.mine_at, self.rows.detach()[self.mine])
 
     def release(self) -> None:
         """Fold R into W and leave the model and optimizer as they were before."""
@@ -68,6 +80,15 @@ class TrainableRows:
         self.optimizer.param_groups[:] = [g for g in self.optimizer.param_groups
                                           if not any(p is self.rows for p in g["params"])]
         self.optimizer.state.pop(self.rows, None)
+
+
+def _local_rows(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """This process's rows of W, in place, and the index of the first: all of W unsharded; under
+    FSDP2 its shard, which `fully_shard` cuts along dim 0 as torch.chunk does."""
+    if not isinstance(weight, DTensor):
+        return weight.data, 0
+    chunk = -(-weight.shape[0] // weight.device_mesh.size())
+    return weight.to_local().data, min(weight.device_mesh.get_local_rank() * chunk, weight.shape[0])
 
 
 def unsupported(module: torch.nn.Module) -> str | None:

@@ -52,16 +52,38 @@ def train_step(model, optimizer, micro_batches: torch.Tensor, lr: float, grad_cl
             loss = model(input_ids=mb, labels=mb).loss / accum
         loss.backward()
         total += loss.detach()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    if grad_clip is not None or dist.world > 1:  # sharded: the norm over every rank's shard
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
-    else:
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-    if isinstance(norm, DTensor):
-        norm = norm.full_tensor()
-    loss, norm = dist.mean(float(total), micro_batches.device), float(norm)
+    norm = clip_gradients([p for g in optimizer.param_groups for p in g["params"]], grad_clip, dist)
+    loss = dist.mean(float(total), micro_batches.device)
     skipped = not (math.isfinite(loss) and math.isfinite(norm))
     if not skipped:  # a NaN/Inf gradient would poison every weight and both AdamW moments
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(loss=loss, grad_norm=norm, skipped=skipped)
+
+
+def clip_gradients(params: list[torch.Tensor], grad_clip: float | None, dist: Dist = Dist()) -> float:
+    """The gradient norm over the whole model (and over every rank), after scaling the gradients
+    down to `grad_clip` if it is set. FSDP2's gradients are DTensor shards, averaged over ranks;
+    a parameter it does not manage (row training's R, made after sharding) is replicated, so its
+    gradient is averaged here the same way."""
+    if dist.world == 1:
+        if grad_clip is not None:
+            return float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+    sharded = [p for p in params if isinstance(p.grad, DTensor)]
+    replicated = [p for p in params if p.grad is not None and not isinstance(p.grad, DTensor)]
+    for p in replicated:
+        dist.average_(p.grad)
+    parts = []
+    if sharded:
+        parts.append(torch.nn.utils.get_total_norm([p.grad for p in sharded]).full_tensor())
+    if replicated:
+        parts.append(torch.nn.utils.get_total_norm([p.grad for p in replicated]))
+    if not parts:
+        return 0.0
+    norm = torch.linalg.vector_norm(torch.stack(parts))
+    if grad_clip is not None:
+        for group in (sharded, replicated):  # foreach kernels take DTensors or tensors, not both
+            if group:
+                torch.nn.utils.clip_grads_with_norm_(group, grad_clip, norm)
+    return float(norm)

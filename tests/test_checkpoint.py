@@ -81,3 +81,33 @@ def test_loading_into_another_architecture_is_a_clear_error(tmp_path):
     bigger = LlamaForCausalLM(cfg)
     with pytest.raises(CptError, match="cannot load checkpoint"):
         CheckpointManager.load(tmp_path / "a", bigger, build_optimizer(bigger, OptimizerCfg()))
+
+
+def test_an_async_save_writes_the_state_of_when_it_was_called(tmp_path):
+    """`checkpoint: {async: true}`: the weights are copied before training goes on, so changing
+    them while the write runs does not change the checkpoint; it is named only once sealed."""
+    from cpt.checkpoint.integrity import verify
+
+    def tiny():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2))
+
+    model = tiny()
+    opt = build_optimizer(model, OptimizerCfg())
+    model(input_ids=torch.arange(8)[None], labels=torch.arange(8)[None]).loss.backward()
+    opt.step()
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    manager = CheckpointManager(tmp_path, asynchronous=True)
+    final = manager.save("c", model, opt, {"seq": 1})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # training goes on while the thread writes
+    assert manager.pending is not None or final.is_dir()
+    manager.wait()
+    assert manager.pending is None and manager.last_good == final and not list(tmp_path.glob(".tmp-*"))
+    verify(final)
+    back = tiny()
+    CheckpointManager.load(final, back, build_optimizer(back, OptimizerCfg()))
+    for n, p in back.named_parameters():
+        assert torch.equal(p, saved[n]), n

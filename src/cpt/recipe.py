@@ -176,7 +176,11 @@ class EvalCfg(Strict):
 
 
 class CheckpointCfg(Strict):
+    """`every_tokens`: a checkpoint each time training crosses a multiple (besides stage ends and
+    the pre-cooldown point). `async`: training goes on while a checkpoint is written (it is copied
+    to CPU memory first; the copy is what blocks, and each save logs that time)."""
     every_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS)
+    asynchronous: bool = Field(False, alias="async")
 
 
 class Recipe(Strict):

@@ -14,7 +14,9 @@ import errno
 import json
 import shutil
 import warnings
+from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +36,17 @@ from .safe_dcp import SafeLoadPlanner, SafeReader
 META = "meta.json"
 
 
+@dataclass
+class _Pending:
+    """A checkpoint being written: where, what goes in its meta.json, and the writer's future."""
+    name: str
+    tmp: Path
+    final: Path
+    meta: dict
+    need: int
+    future: Future | None
+
+
 @contextmanager
 def _quiet():
     """DCP warns that it runs single-process when no process group exists; that is intended."""
@@ -46,34 +59,59 @@ class CheckpointManager:
     """With several ranks every rank writes and reads its own shards (DCP); rank 0 alone creates
     the temporary folder, writes `meta.json` and the manifest, renames, and verifies checksums."""
 
-    def __init__(self, root: Path, dist: Dist = Dist()):
+    def __init__(self, root: Path, dist: Dist = Dist(), asynchronous: bool = False):
         self.root = Path(root)
-        self.dist = dist
+        self.dist, self.asynchronous = dist, asynchronous
         self.last_good: Path | None = None  # the newest checkpoint this process wrote or resumed from
+        self.pending: _Pending | None = None  # the write in flight
+        # async writes coordinate over a gloo group of their own (made by every rank, in order)
+        self._group = dist.new_gloo_group() if asynchronous else None
 
     def path(self, name: str) -> Path:
         return self.root / name
 
     def save(self, name: str, model, optimizer, meta: dict) -> Path:
+        """Write checkpoint `name`; return its final path. Asynchronous (`checkpoint.async`): the
+        state is copied to CPU memory and written by a background thread; the checkpoint gets its
+        meta, checksums and final name when the write is done (`poll`, `wait`). Until then it is a
+        `.tmp-` folder, which is never loaded. One write is in flight at a time."""
+        self.wait()
         check_finite(model, optimizer, f"checkpoint {name}", self.dist)
-        final = self.path(name)
-        tmp = self.root / f".tmp-{name}"
-        main = self.dist.is_main
-        need = state_bytes(model, optimizer)
+        final, tmp = self.path(name), self.root / f".tmp-{name}"
+        main, need = self.dist.is_main, state_bytes(model, optimizer)
+        meta = {"name": name, **meta, "optim_fresh": not optimizer.state}
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
             self.check_space(model, optimizer, f"checkpoint {name}")
-        try:
+        with self._failing(name, tmp, need):
             if main:
                 tmp.mkdir(parents=True)
             self.dist.barrier()
-            self._write(tmp, model, optimizer, {"name": name, **meta}, main)
-            if main:
-                replace_dir(tmp, final)  # a stage end redone after a resume replaces the old copy whole
-            self.dist.barrier()
-            self.last_good = final
+            future = self._write(tmp, model, optimizer)
+        self.pending = _Pending(name, tmp, final, meta, need, future)
+        if future is None:
+            self._complete()
+        return final
+
+    def poll(self) -> None:
+        """Finish the write in flight if every rank has written its part (called after each step)."""
+        p = self.pending
+        if p is not None and self.dist.all(p.future.done()):
+            self._complete()
+
+    def wait(self) -> None:
+        """Finish the write in flight, waiting for it."""
+        if self.pending is not None:
+            self._complete()
+
+    @contextmanager
+    def _failing(self, name: str, tmp: Path, need: int):
+        """A failed write leaves no temporary folder and every earlier checkpoint; a full disk is one line."""
+        try:
+            yield
         except BaseException as e:
-            if main:
+            self.pending = None
+            if self.dist.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
             cause = _os_error(e)
             # torch.save's zip writer reports a full disk as a RuntimeError: ask the disk itself
@@ -84,7 +122,19 @@ class CheckpointManager:
             if cause is not None and cause is not e:
                 raise cause from None  # DCP wraps OS errors; the CLI turns the plain one into a line
             raise
-        return final
+
+    def _complete(self) -> None:
+        p = self.pending
+        with self._failing(p.name, p.tmp, p.need):
+            if p.future is not None:
+                p.future.result()  # a failure in the writer thread surfaces here
+            if self.dist.is_main:  # DCP's coordinator wrote `.metadata` after every rank's shards
+                write_json_atomic(p.tmp / META, p.meta)
+                fsync_dir(p.tmp / "state")
+                write_manifest(p.tmp)  # last: its presence says every file before it is complete
+                replace_dir(p.tmp, p.final)  # a stage end redone after a resume replaces the old copy whole
+            self.dist.barrier()
+        self.pending, self.last_good = None, p.final
 
     def check_space(self, model, optimizer, what: str = "a checkpoint") -> int:
         """Warn when the disk has less room than a save needs (about); return that size."""
@@ -94,23 +144,25 @@ class CheckpointManager:
             warn(f"{what} needs about {_gb(need)}, but {self.root} has {_gb(free)} free; free space before it is written")
         return need
 
-    @staticmethod
-    def _write(tmp: Path, model, optimizer, meta: dict, main: bool = True) -> None:
+    def _write(self, tmp: Path, model, optimizer) -> Future | None:
+        """Every rank's shards into `tmp/state` (DCP): written now, or (asynchronous)
+        copied to CPU memory now and written by a thread, over a gloo group of its own so that its
+        collectives never interleave with training's."""
         # get_state_dict materialises a fresh optimizer's state with a zero-LR step, which would
         # make the next real AdamW step use step-2 bias correction; undo it after saving.
         fresh = not optimizer.state
         model_sd, optim_sd = get_state_dict(model, optimizer)
+        state, where = {"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state()}, str(tmp / "state")
         try:
             with _quiet():
-                dcp.save({"model": model_sd, "optim": optim_sd, "rng": torch.get_rng_state()},
-                         checkpoint_id=str(tmp / "state"))
+                if not self.asynchronous:
+                    dcp.save(state, checkpoint_id=where)
+                    return None
+                future = dcp.async_save(state, checkpoint_id=where, process_group=self._group)
+                return getattr(future, "upload_completion", future)  # AsyncSaveResponse in newer torch
         finally:
             if fresh:
                 optimizer.state.clear()
-        if main:  # DCP's coordinator wrote `.metadata` after every rank's shards: the folder is whole
-            write_json_atomic(tmp / META, {**meta, "optim_fresh": fresh})
-            fsync_dir(tmp / "state")
-            write_manifest(tmp)  # last: its presence says every file before it is complete
 
     @staticmethod
     def read_meta(path: Path) -> dict:

@@ -36,6 +36,7 @@ def train(run) -> None:
                 bar.update()
                 bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{batch_tokens / seconds:,.0f}")
         end_stage(run, stage)
+    run.checkpoints.wait()  # an asynchronous save still in flight
 
 
 def resume(run) -> bool:

@@ -3,6 +3,7 @@ buffer_add, final checkpoint); plus the per-step hooks (log, periodic eval and c
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import dataclass
 from functools import partial
@@ -72,7 +73,11 @@ def save_checkpoint(run, stage: Stage, name: str, lr: float, stage_tokens: int) 
             "batch_tokens": run.recipe.stage_batch(stage.cfg),
             "data_seen": data_seen(run, cursors), "recipe_hash": run.recipe_hash, "train_state": s.state_dict(),
             "hooks": run.hooks.state_dict()}
+    t0 = time.perf_counter()
     run.checkpoints.save(name, run.model, run.optimizer, meta)
+    # what the save cost training: the whole write, or (async) the copy to CPU memory
+    run.metrics.write({"kind": "checkpoint", "name": name, "step": s.global_step, "tokens": s.tokens,
+                       "async": run.checkpoints.asynchronous, "blocked_s": time.perf_counter() - t0})
 
 
 def data_seen(run, cursors: dict[str, int]) -> dict[str, dict]:
@@ -118,6 +123,7 @@ def enter_stage(run, stage: Stage) -> None:
         run.optimizer = build_optimizer(run.model, run.recipe.optimizer)
     elif init != "previous":
         path = run.checkpoints.path(init) if stage.cfg.init_ref else stage.cfg.init_path
+        run.checkpoints.wait()  # it may be the save still being written
         run.checkpoints.load(path, run.model, run.optimizer, rng=False, dist=run.dist)
     policy = stage.cfg.optimizer_state
     if policy == "reset":  # fresh AdamW moments and step count

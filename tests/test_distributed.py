@@ -126,12 +126,21 @@ def single(tmp_path_factory, shared):
 
 
 def test_cpt_run_on_two_ranks_equals_one_process(single, tmp_path):
-    """A two-stage recipe under torchrun with 2 ranks: the same samples in the same order (batch
-    fingerprints), per-step losses and the summary within 1e-5, checkpoints and an export."""
+    """A two-stage recipe under torchrun with 2 ranks, writing its checkpoints asynchronously:
+    the same samples in the same order (batch fingerprints), per-step losses and the summary
+    within 1e-5, the same checkpoints (sealed, and the second stage starts from one) and export."""
+    import yaml
+
     recipe, one = single
     two = tmp_path / "two"
-    res = cpt_run(1, recipe, "--out", two, "--nproc", "2")  # cpt launches torchrun itself
+    spec = yaml.safe_load(recipe.read_text())
+    spec["checkpoint"]["async"] = True
+    (tmp_path / "async.yaml").write_text(yaml.safe_dump(spec))
+    res = cpt_run(1, tmp_path / "async.yaml", "--out", two, "--nproc", "2")  # cpt launches torchrun itself
     assert res.returncode == 0, res.stderr[-3000:]
+    saves = records(two, "checkpoint")
+    assert all(r["async"] and r["blocked_s"] >= 0 for r in saves)
+    assert sorted(r["name"] for r in saves) == sorted(p.name for p in (two / "checkpoints").iterdir())  # all sealed
     assert (two / "checkpoints" / "a@final" / "state" / "__1_0.distcp").is_file()  # written by rank 1
     buffers = [json.loads((o / "buffer" / "manifest.json").read_text())["additions"] for o in (one, two)]
     assert buffers[0][0]["documents"] == buffers[1][0]["documents"]  # the same hardest documents
@@ -150,7 +159,8 @@ def test_cpt_run_on_two_ranks_equals_one_process(single, tmp_path):
 
 
 def killed(n: int, recipe: Path, out: Path, after: str) -> None:
-    """Start `cpt run` on n ranks and kill the whole process group once checkpoint `after` exists."""
+    """Start `cpt run` on n ranks and, once checkpoint `after` exists, SIGKILL one process: the
+    one process, or rank 1 of several, after which torchrun must end the others by itself."""
     import signal
     import time
 
@@ -158,23 +168,53 @@ def killed(n: int, recipe: Path, out: Path, after: str) -> None:
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)] if n > 1 else [sys.executable]
     proc = subprocess.Popen([*launch, "-m", "cpt", "run", str(recipe), "--out", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / after).exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
     pattern = f"cpt run {recipe} --out {out}"  # torchrun's workers run in sessions of their own
-    subprocess.run(["pkill", "-KILL", "-f", pattern])
-    proc.wait()
-    deadline = time.time() + 30
-    while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0 and time.time() < deadline:
-        time.sleep(0.1)
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / after).exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid if n == 1 else rank_pid(pattern, 1), signal.SIGKILL)
+        assert proc.wait(timeout=120) != 0  # torchrun saw its worker die and stopped the rest
+        assert not rank_pids(pattern), "a rank outlived the failure"
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", pattern])
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert not (out / "summary.json").exists(), "the run finished before it could be killed"
+
+
+def rank_pids(pattern: str) -> dict[int, int]:
+    """rank -> PID of the torchrun workers whose command line holds `pattern`."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    ranks = {}
+    for pid in map(int, found):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        rank = next((int(e[5:]) for e in env if e.startswith(b"RANK=")), None)
+        if rank is not None and b"TORCHELASTIC_RUN_ID" in b"\0".join(env):
+            ranks[rank] = pid
+    return ranks
+
+
+def rank_pid(pattern: str, rank: int) -> int:
+    import time
+
+    for _ in range(100):
+        pids = rank_pids(pattern)
+        if rank in pids:
+            return pids[rank]
+        time.sleep(0.1)
+    raise AssertionError(f"no rank {rank} process found")
 
 
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
 def test_a_checkpoint_reshards_to_another_world_size(single, tmp_path, before, after):
     """Saved by `before` ranks, resumed on `after`: the same data position (batch fingerprints),
-    schedule and optimizer state; the run ends as the uninterrupted one."""
+    schedule and optimizer state; the run ends as the uninterrupted one. The first run dies by
+    SIGKILL to one rank in the middle of a stage (torchrun ends the other)."""
     recipe, full = single
     cut = tmp_path / "cut"
     killed(before, recipe, cut, "step-0000008")
@@ -187,7 +227,7 @@ def test_a_checkpoint_reshards_to_another_world_size(single, tmp_path, before, a
     assert close(json.loads((full / "summary.json").read_text()), json.loads((cut / "summary.json").read_text()))
 
 
-def test_what_several_ranks_cannot_run_yet_is_one_line(tmp_path, shared):
+def test_a_world_size_that_does_not_split_the_batch_is_refused(tmp_path, shared):
     from conftest import small_recipe
     from cpt.build import check_world
     from cpt.distributed.env import Dist
@@ -198,34 +238,90 @@ def test_what_several_ranks_cannot_run_yet_is_one_line(tmp_path, shared):
                                        r"micro_batch 4 x 2 ranks"):
         check_world(plain, Dist(rank=0, world=2))
     wide = small_recipe(tmp_path, shared, "  - {name: a, tokens: 2048, batch_tokens: 512, mix: {stories: 1.0}}\n")
-    rows = wide.model_copy(update={"stages": [wide.stages[0].model_copy(update={"trainable": ["layers", "new_input_rows"]})]})
     check_world(wide, Dist(rank=0, world=2))
-    with pytest.raises(CptError, match=r"stages\[0\].trainable: `new_input_rows` runs in one process only for now"):
-        check_world(rows, Dist(rank=0, world=2))
 
 
-def test_activation_checkpointing_recomputes_the_same_gradients():
+def test_new_rows_under_two_ranks_train_like_one_and_leave_the_rest_bit_identical(tmp_path, shared):
+    """EEVE at scale: a `new_input_rows` stage of the extended (tied) stories260K under FSDP2 with
+    2 ranks. Every old row of the sharded matrix and every other parameter keeps every bit; the new
+    rows train, with the losses and final rows of one process."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from conftest import extended_model
+
+    model = extended_model(shared, tmp_path)
+    recipe = {"model": {"path": str(model)}, "seq_len": 64, "micro_batch": 2, "batch_tokens": 512,
+              "optimizer": {"lr": 1.0e-2, "weight_decay": 0.1}, "validation": {"tokens_per_source": 256},
+              "sources": {"vi": {"paths": [f"{shared}/corpora/vi/viwiki.jsonl"]}},
+              "stages": [{"name": "rows", "tokens": 2048, "mix": {"vi": 1.0}, "trainable": ["new_input_rows"]}]}
+    path = tmp_path / "rows.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    outs = {n: tmp_path / f"w{n}" for n in (1, 2)}
+    for n, out in outs.items():
+        res = cpt_run(1, path, "--out", out, "--nproc", str(n))
+        assert res.returncode == 0, res.stderr[-3000:]
+    a, b = records(outs[1], "train"), records(outs[2], "train")
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["batch_crc32"] == x["batch_crc32"]
+    base = load_file(model / "model.safetensors")
+    ends = {n: load_file(out / "model" / "model.safetensors") for n, out in outs.items()}
+    key = next(k for k in base if "embed_tokens" in k)
+    for name, w in base.items():
+        old = w[:512] if name == key else w
+        assert torch.equal(ends[2][name][: len(old)], old), name  # frozen: every bit, under FSDP2
+    assert not torch.equal(ends[2][key][512:], base[key][512:])  # the new rows trained
+    torch.testing.assert_close(ends[2][key][512:], ends[1][key][512:], rtol=1e-4, atol=1e-6)
+
+
+def tiny_llama_grads(cfg, layers: int = 2):
+    """A tiny Llama under `shard_model(cfg)` on one process: the model and its gradients on a
+    fixed batch (the same weights and batch for every cfg)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cpt.distributed.config import DistributedCfg
     from cpt.distributed.env import Dist
     from cpt.distributed.fsdp import shard_model
 
-    def grads(cfg):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                             num_attention_heads=2))
-        shard_model(model, Dist(), cfg, torch.device("cpu"))
-        model.train()
-        ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
-        model(input_ids=ids, labels=ids).loss.backward()
-        return model, [p.grad for p in model.parameters()]
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                                         num_attention_heads=2))
+    shard_model(model, Dist(), cfg, torch.device("cpu"))
+    model.train()
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return model, float(loss.detach()), [p.grad for p in model.parameters()]
 
-    plain, g0 = grads(DistributedCfg())
-    recomputed, g1 = grads(DistributedCfg(activation_checkpointing="full"))
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_activation_checkpointing_recomputes_the_same_gradients(mode, monkeypatch):
+    from torch.utils import checkpoint
+
+    from cpt.distributed.config import DistributedCfg
+
+    plain, _, g0 = tiny_llama_grads(DistributedCfg())
+    policies = []
+    make = checkpoint.create_selective_checkpoint_contexts
+    monkeypatch.setattr(checkpoint, "create_selective_checkpoint_contexts",
+                        lambda policy, *a, **k: policies.append(policy) or make(policy, *a, **k))
+    recomputed, _, g1 = tiny_llama_grads(DistributedCfg(activation_checkpointing=mode))
     flag = "is_activation_checkpointing" if hasattr(plain, "is_activation_checkpointing") else "is_gradient_checkpointing"
     assert getattr(recomputed, flag) and not getattr(plain, flag)
+    assert len(policies) == (2 if mode == "selective" else 0)  # one selective context per block
     assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-8) for a, b in zip(g0, g1))
+
+
+def test_compiled_blocks_give_the_same_loss_and_gradients_under_the_same_names():
+    from cpt.distributed.config import DistributedCfg
+    from cpt.distributed.fsdp import decoder_layers
+
+    plain, l0, g0 = tiny_llama_grads(DistributedCfg(), layers=1)
+    compiled, l1, g1 = tiny_llama_grads(DistributedCfg(compile=True), layers=1)
+    assert all(hasattr(b.forward, "_torchdynamo_orig_callable") for b in decoder_layers(compiled))
+    assert not any(hasattr(b.forward, "_torchdynamo_orig_callable") for b in decoder_layers(plain))
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # checkpoints and exports unchanged
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g0, g1))
 
 
 def test_validation_split_over_ranks_sums_to_the_whole():

@@ -28,3 +28,44 @@ def test_strategies_example_expands_its_presets(capsys):
                  "cooldown (continued)", "from strategy cooldown-mix (mix=A"):
         assert line in out
     assert "warning" not in out  # starts Strategy 4 at LR_max, reads no source past 4 epochs
+
+
+FAKE = {  # the scheduler commands the launch scripts call, standing in for a one-node allocation
+    "srun": '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n',  # drop srun's options
+    "scontrol": "#!/bin/sh\necho localhost\n",
+    "mpiexec": '#!/bin/sh\nwhile [ "$1" != python ]; do shift; done\nexec "$@"\n',
+}
+
+
+@pytest.mark.parametrize("script", ["slurm.sbatch", "pbs_polaris.sh"])
+def test_multinode_launch_scripts_run_cpt_through_torchrun_rendezvous(script, tmp_path, shared):
+    """The SLURM and PBS scripts in examples/multinode, on a one-node 'allocation' of 2 CPU ranks:
+    torchrun's c10d rendezvous, `cpt run --resume` on a new folder, a finished run."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKE.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("localhost\n")
+    recipe = {"model": {"path": f"{shared}/models/stories260K"}, "seq_len": 64, "micro_batch": 2, "batch_tokens": 256,
+              "sources": {"stories": {"paths": [f"{shared}/corpora/en/tinystories.txt"], "separator": "<|endoftext|>"}},
+              "validation": {"tokens_per_source": 128}, "stages": [{"name": "a", "tokens": 512, "mix": {"stories": 1.0}}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(root / "src"), "RECIPE": str(tmp_path / "r.yaml"), "OUT": str(tmp_path / "out"),
+           "GPUS_PER_NODE": "2", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PORT": "29517",
+           "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_ID": "7",
+           "PBS_NODEFILE": str(nodefile), "PBS_O_WORKDIR": str(root), "PBS_JOBID": "7.polaris"}
+    env.pop("WORLD_SIZE", None)
+    res = subprocess.run(["bash", str(root / "examples" / "multinode" / script)], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "out" / "summary.json").is_file() and (tmp_path / "out" / "model" / "config.json").is_file()

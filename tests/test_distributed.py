@@ -340,3 +340,29 @@ def test_validation_split_over_ranks_sums_to_the_whole():
     parts = [_rank_loss_sum(model, windows, 2, torch.device("cpu"), contextlib.nullcontext, Dist(rank=r, world=3))
              for r in range(3)]
     assert sum(parts) / 7 == pytest.approx(whole, rel=1e-6)
+
+
+def test_gpu_ranks_without_gpus_or_nccl_are_one_line(tmp_path, shared, monkeypatch):
+    """`device: cuda` with more ranks than GPUs (none here) and a torch without NCCL: one line,
+    exit 2, before any process starts or anything is written."""
+    import yaml
+
+    from cpt.distributed import env
+
+    recipe = yaml.safe_load(two_stage_recipe(tmp_path, shared).read_text()) | {"device": "cuda"}
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(recipe))
+    res = cpt_run(1, tmp_path / "gpu.yaml", "--out", tmp_path / "out", "--nproc", "2")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "device: cuda: --nproc asks for 2 ranks on this node but it has 0 GPU(s)" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(CptError, match="LOCAL_RANK asks for 2 ranks on this node but it has 1 GPU"):
+        env.from_env(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(env.dist, "is_nccl_available", lambda: False)
+    with pytest.raises(CptError, match="needs NCCL, which this torch build lacks"):
+        env.from_env(torch.device("cuda"))

@@ -352,3 +352,15 @@ def test_report_shows_the_median_step_throughput(tmp_path: Path):
     line = next(ln for ln in md.splitlines() if "Throughput" in ln)
     assert line == (f"- Throughput (median step): {median:,} tokens/s per device, MFU 25.0%, peak memory 1.50 GiB, "
                     "data wait 2.0 ms a step")
+
+
+def test_report_says_how_long_checkpoint_saves_blocked_training(tmp_path: Path):
+    metrics = two_stage_metrics()
+    train = [r for r in metrics if r["kind"] == "train"]
+    for r in train:
+        r["perf"] = {"tokens_per_s_device": 1000.0}
+    metrics += [{"kind": "checkpoint", "name": f"c{i}", "step": i, "tokens": i, "async": True, "blocked_s": b}
+                for i, b in enumerate([0.30, 0.10, 0.20])]
+    md = write_report(write_run(tmp_path / "run", two_stage_summary(), metrics)).read_text(encoding="utf-8")
+    line = next(ln for ln in md.splitlines() if "Checkpoint saves" in ln)
+    assert line == "- Checkpoint saves: 3 (asynchronous), training blocked 0.20 s median, 0.30 s at most"

@@ -93,6 +93,7 @@ def from_env(device: torch.device) -> Dist:
     if world == 1:
         return Dist()
     if device.type == "cuda":
+        check_gpus(local + 1, "LOCAL_RANK")
         if not dist.is_nccl_available():
             raise CptError("device: cuda with several ranks needs NCCL, which this torch build lacks; "
                            "install a CUDA build of torch")
@@ -101,3 +102,11 @@ def from_env(device: torch.device) -> Dist:
         # CPU tensors (agreement flags, async checkpoint planning) go through gloo beside NCCL
         dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return Dist(rank=rank, world=world, local_rank=local)
+
+
+def check_gpus(ranks: int, what: str) -> None:
+    """`device: cuda` needs one GPU for each rank on a node."""
+    have = torch.cuda.device_count()
+    if ranks > have:
+        raise CptError(f"device: cuda: {what} asks for {ranks} ranks on this node but it has {have} GPU(s); "
+                       f"start at most {have} per node (--nproc-per-node), or set device: cpu")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CptError
+from .env import check_gpus
 from ..recipe import load_recipe
 
 
@@ -18,7 +19,8 @@ def launch(recipe: Path, out: Path, resume: bool, nproc: int, peak_tflops: float
         raise CptError(f"--nproc: {nproc} is not a number of processes from 1 to 1024")
     if "WORLD_SIZE" in os.environ:
         raise CptError("--nproc: already running under torchrun; drop --nproc (torchrun sets the ranks)")
-    load_recipe(recipe)
+    if load_recipe(recipe).device == "cuda":
+        check_gpus(nproc, "--nproc")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "cpt", "run", str(recipe), "--out", str(out), *(["--resume"] if resume else []),
            *(["--peak-tflops", str(peak_tflops)] if peak_tflops is not None else [])]

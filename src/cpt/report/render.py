@@ -331,7 +331,18 @@ def _throughput_lines(records: Sequence[Mapping[str, Any]]) -> str:
              f"MFU {100 * mfu:.1f}%" if mfu is not None else "MFU – (no known peak; pass --peak-tflops)",
              f"peak memory {mem:.2f} GiB" if mem is not None else None,
              f"data wait {1000 * wait:.1f} ms a step" if wait is not None and step else None]
-    return "\n- Throughput (median step): " + ", ".join(p for p in parts if p)
+    return "\n- Throughput (median step): " + ", ".join(p for p in parts if p) + _saves_line(records)
+
+
+def _saves_line(records: Sequence[Mapping[str, Any]]) -> str:
+    """How long checkpoint saves held training up: the whole write, or (async) the copy to memory."""
+    saves = [r for r in records if r.get("kind") == "checkpoint" and isinstance(r.get("blocked_s"), (int, float))]
+    if not saves:
+        return ""
+    blocked = sorted(r["blocked_s"] for r in saves)
+    how = "asynchronous" if all(r.get("async") for r in saves) else "synchronous"
+    return (f"\n- Checkpoint saves: {len(saves)} ({how}), training blocked {blocked[len(blocked) // 2]:.2f} s "
+            f"median, {blocked[-1]:.2f} s at most")
 
 
 def plots_section() -> str:

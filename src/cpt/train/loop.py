@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from tqdm import tqdm
 
+from ..data.prefetch import Prefetcher
 from ..errors import CptError
 from .stages import after_step, batch, begin_stage, end_stage, plan_stage, run_eval, start_rows
 from .step import train_step
@@ -21,11 +23,12 @@ def train(run) -> None:
         batch_tokens = r.stage_batch(stage.cfg)
         # a bar closed on the way out: an error that stops the run gets a line of its own
         with tqdm(total=stage.steps, initial=s.stage_step, desc=f"stage {stage.name}", unit="step",
-                  disable=not run.dist.is_main) as bar:
+                  disable=not run.dist.is_main) as bar, \
+                Prefetcher(partial(batch, run, stage), stage.steps, pin=run.device.type == "cuda") as batches:
             while s.stage_step < stage.steps:
                 t0 = time.perf_counter()
                 lr = stage.lr(s.stage_step, batch_tokens)
-                tokens = batch(run, stage, s.stage_step)
+                tokens = batches.get(s.stage_step)  # read during the previous step
                 waited = time.perf_counter() - t0
                 result = train_step(run.model, run.optimizer, run.local(tokens), lr, r.optimizer.grad_clip, run.autocast,
                                     run.dist)

@@ -56,6 +56,7 @@ def train_records(out: Path) -> list[dict]:
     for r in rows:
         r.pop("tokens_per_s", None)  # wall-clock, the only things allowed to differ
         r.pop("perf", None)
+        r.pop("blocked_s", None)
     return rows
 
 

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from ..data.prefetch import Prefetcher
 from ..errors import CptError
-from .stages import after_step, batch, begin_stage, end_stage, plan_stage, run_eval, start_rows
+from .stages import after_step, batch, begin_stage, end_stage, log_save, plan_stage, run_eval, start_rows
 from .step import train_step
 
 
@@ -63,6 +63,7 @@ def resume(run) -> bool:
     run.checkpoints.load(path, run.model, run.optimizer, verified=True, dist=run.dist)
     run.checkpoints.last_good = path
     run.metrics.truncate(run.state.metrics_bytes)
+    log_save(run, path.name, None)
     s, names = run.state, [st.name for st in run.recipe.stages]
     where = names[s.stage_index] if s.stage_index < len(names) else "done"
     tqdm.write(f"resuming from {path} (stage {where}, step {s.global_step}, {s.tokens:,} tokens)")

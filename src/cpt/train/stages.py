@@ -75,9 +75,15 @@ def save_checkpoint(run, stage: Stage, name: str, lr: float, stage_tokens: int) 
             "hooks": run.hooks.state_dict()}
     t0 = time.perf_counter()
     run.checkpoints.save(name, run.model, run.optimizer, meta)
-    # what the save cost training: the whole write, or (async) the copy to CPU memory
-    run.metrics.write({"kind": "checkpoint", "name": name, "step": s.global_step, "tokens": s.tokens,
-                       "async": run.checkpoints.asynchronous, "blocked_s": time.perf_counter() - t0})
+    log_save(run, name, time.perf_counter() - t0)
+
+
+def log_save(run, name: str, blocked: float | None) -> None:
+    """What the save cost training: the whole write, or (async) the copy to CPU memory. The log
+    is cut back to before this record on a resume from this checkpoint, which then writes it
+    again with the time unknown (None)."""
+    run.metrics.write({"kind": "checkpoint", "name": name, "step": run.state.global_step, "tokens": run.state.tokens,
+                       "async": run.checkpoints.asynchronous, "blocked_s": blocked})
 
 
 def data_seen(run, cursors: dict[str, int]) -> dict[str, dict]:

@@ -366,3 +366,43 @@ def test_gpu_ranks_without_gpus_or_nccl_are_one_line(tmp_path, shared, monkeypat
     monkeypatch.setattr(env.dist, "is_nccl_available", lambda: False)
     with pytest.raises(CptError, match="needs NCCL, which this torch build lacks"):
         env.from_env(torch.device("cuda"))
+
+
+def test_frozen_groups_strategy4_reset_new_and_lr_scaling_under_two_ranks(tmp_path, shared):
+    """The rest of what a plan does, under FSDP2: a stage that freezes the embeddings (they keep
+    every bit), then Strategy 4 from its pre-cooldown checkpoint (the mix switches when the LR
+    crosses LR_max/5) with fresh moments for the newly trainable embeddings, at another batch
+    size (the inherited LR scaled by sqrt). 2 ranks train as one process does."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from cpt.checkpoint.manager import CheckpointManager
+    from cpt.recipe import OptimizerCfg
+    from cpt.train.step import build_optimizer
+
+    recipe = yaml.safe_load(two_stage_recipe(tmp_path, shared).read_text())
+    recipe.pop("checkpoint")
+    recipe["stages"] = [
+        {"name": "a", "tokens": 3072, "mix": {"stories": 0.5, "wiki": 0.5}, "trainable": ["layers", "norms"],
+         "schedule": {"kind": "wsd", "warmup": 0.1, "decay": 0.34}},
+        {"name": "b", "tokens": 4096, "batch_tokens": 1024, "init": "a@pre-cooldown", "new": ["wiki"],
+         "strategy": {"name": "strategy4", "N": 10, "alpha0": 0.7}, "optimizer_state": "reset-new"}]
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    outs = {n: tmp_path / f"w{n}" for n in (1, 2)}
+    for n, out in outs.items():
+        res = cpt_run(1, path, "--out", out, "--nproc", str(n))
+        assert res.returncode == 0, res.stderr[-3000:]
+    a, b = records(outs[1], "train"), records(outs[2], "train")
+    assert [r["batch_crc32"] for r in a] == [r["batch_crc32"] for r in b]
+    assert {r["stage"] for r in a} > {"a"} and len({r["stage"] for r in a}) == 3  # Strategy 4's switch: two parts
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["lr"] == pytest.approx(x["lr"], rel=1e-12)
+    assert close(json.loads((outs[1] / "summary.json").read_text()), json.loads((outs[2] / "summary.json").read_text()))
+    from transformers import AutoModelForCausalLM
+
+    base = load_file(shared / "models" / "stories260K" / "model.safetensors")
+    model = AutoModelForCausalLM.from_pretrained(shared / "models" / "stories260K")
+    CheckpointManager.load(outs[2] / "checkpoints" / "a@final", model, build_optimizer(model, OptimizerCfg()))
+    key = next(k for k in base if "embed_tokens" in k)
+    assert torch.equal(model.get_input_embeddings().weight, base[key])  # frozen in stage a, on 2 ranks

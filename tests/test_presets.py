@@ -97,6 +97,12 @@ def test_strategy4_switches_at_the_first_step_at_or_below_the_threshold(tmp_path
     assert max(lrs[switch:]) <= threshold < min(lrs[:switch])
 
 
+def test_strategy4_takes_the_optimizer_policy_at_its_start_only(tmp_path, shared):
+    """`optimizer_state: reset` resets at the stage's start, not again at the switch, mid-decay."""
+    recipe, _ = stage(tmp_path, shared, STRATEGY4.replace("strategy: %s", "strategy: strategy4, optimizer_state: reset"))
+    assert [s.optimizer_state for s in recipe.stages[1:]] == ["reset", "keep"]
+
+
 def test_plan_prints_the_expansion(tmp_path, shared, capsys):
     stage(tmp_path, shared, STRATEGY4 % "strategy4")
     assert main(["plan", str(tmp_path / "small.yaml")]) == 0

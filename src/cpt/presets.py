@@ -254,7 +254,8 @@ def _strategy4(r: Recipe, st: StageCfg, where: str) -> tuple[list[StageCfg], str
                     "lower switch_at or give the stage more tokens")
     base = st.model_copy(update={"name": f"{st.name}.base", "tokens": switch * batch, "schedule": decay,
                                  "mix": _mix(r, st, (1.0, 0.0, 0.0)), "buffer_add": None, "new": []})
-    mixed = st.model_copy(update={"tokens": (steps - switch) * batch, "init": "previous",
+    # the switch is mid-decay: the optimizer goes on as it is (a reset here would wipe the moments)
+    mixed = st.model_copy(update={"tokens": (steps - switch) * batch, "init": "previous", "optimizer_state": "keep",
                                   "schedule": ContinueSchedule(kind="continue"),
                                   "mix": _mix(r, st, _weights(s))})
     return [base, mixed], None

@@ -210,7 +210,7 @@ def rank_pid(pattern: str, rank: int) -> int:
     raise AssertionError(f"no rank {rank} process found")
 
 
-@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2), (4, 2)])
 def test_a_checkpoint_reshards_to_another_world_size(single, tmp_path, before, after):
     """Saved by `before` ranks, resumed on `after`: the same data position (batch fingerprints),
     schedule and optimizer state; the run ends as the uninterrupted one. The first run dies by
@@ -406,3 +406,10 @@ def test_frozen_groups_strategy4_reset_new_and_lr_scaling_under_two_ranks(tmp_pa
     CheckpointManager.load(outs[2] / "checkpoints" / "a@final", model, build_optimizer(model, OptimizerCfg()))
     key = next(k for k in base if "embed_tokens" in k)
     assert torch.equal(model.get_input_embeddings().weight, base[key])  # frozen in stage a, on 2 ranks
+
+
+def test_nproc_that_does_not_split_the_batch_is_refused_before_launch(tmp_path, shared):
+    res = cpt_run(1, two_stage_recipe(tmp_path, shared), "--out", tmp_path / "out", "--nproc", "3")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "stages[0] (a): batch_tokens: 8 samples a step do not split into micro_batch 2 x 3 ranks" in res.stderr
+    assert not (tmp_path / "out").exists()

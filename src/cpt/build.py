@@ -96,7 +96,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     model.train()
     throughput = Throughput(flops_per_token(model, recipe.seq_len), device_peak_tflops(device, peak_tflops), d.world)
     shard_model(model, d, recipe.distributed, device)
-    data = d.main_first(lambda: RunData(recipe, out, tokenizer))  # shards and slices made once, then read
+    data = d.main_first(lambda: RunData(recipe, out, tokenizer, leader=d.is_main))  # made once, then read
     run = Run(
         recipe=recipe, out=out, tokenizer=tokenizer, model=model,
         optimizer=build_optimizer(model, recipe.optimizer), device=device, autocast=autocast_for(device),

@@ -21,7 +21,7 @@ from ..eval.validation import validation_windows
 from ..recipe import BUFFER, Recipe, budget_tokens
 from .buffer import ReplayBuffer
 from .packing import PackedStream
-from .tokenize import TokenizedSource, carve_validation, prepare_source
+from .tokenize import TokenizedSource, carve_validation, prepare_source, recorded_source
 
 
 @dataclass
@@ -35,8 +35,10 @@ class SourceData:
 class RunData:
     """Per-source shards and streams, the fixed validation windows, and the replay buffer."""
 
-    def __init__(self, recipe: Recipe, out: Path, tokenizer):
-        self.recipe = recipe
+    def __init__(self, recipe: Recipe, out: Path, tokenizer, leader: bool = True):
+        """`leader`: prepares every shard and records their keys (rank 0); the other ranks open
+        what it recorded, and write nothing."""
+        self.recipe, self.leader = recipe, leader
         self.dir = out / "data"
         self.dir.mkdir(parents=True, exist_ok=True)
         shard_dir = recipe.data_dir or out / "shards"
@@ -44,11 +46,15 @@ class RunData:
         recorded = json.loads(keys_path.read_text()) if keys_path.is_file() else {}
         self.sources: dict[str, SourceData] = {}
         for name, cfg in recipe.sources.items():
-            tok = prepare_source(name, cfg, tokenizer, shard_dir, expect_key=recorded.get(name),
-                                 workers=recipe.tokenize_workers or os.cpu_count() or 1)
+            if leader:
+                tok = prepare_source(name, cfg, tokenizer, shard_dir, expect_key=recorded.get(name),
+                                     workers=recipe.tokenize_workers or os.cpu_count() or 1)
+            else:
+                tok = recorded_source(name, cfg, tokenizer, shard_dir, recorded.get(name))
             self.sources[name] = self._split(name, tok)
         self._check_buffer_budgets()
-        write_json_atomic(keys_path, {n: s.tokenized.key for n, s in self.sources.items()})
+        if leader:
+            write_json_atomic(keys_path, {n: s.tokenized.key for n, s in self.sources.items()})
         self.buffer = ReplayBuffer(out / "buffer")
         self._buffer_streams: dict[int, PackedStream] = {}
 
@@ -72,6 +78,9 @@ class RunData:
         val_path = self.dir / f"{name}.val.npy"
         if val_path.is_file():
             val_ids = np.load(val_path)
+        elif not self.leader:
+            raise CptError(f"{val_path}: the validation slice rank 0 carved is not here; --out must be on a "
+                           "file system that every node shares")
         else:
             val_ids = carve_validation(shard, self.recipe.validation.tokens_per_source, self.recipe.seed, name)
             tmp = self.dir / f"{name}.val.tmp.npy"

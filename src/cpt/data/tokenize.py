@@ -83,6 +83,19 @@ def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path,
     return TokenizedSource(name, str(prefix), key, meta)
 
 
+def recorded_source(name: str, src: SourceCfg, tokenizer, data_dir: Path, key: str | None) -> TokenizedSource:
+    """The shard another process (rank 0) prepared and recorded under `key`: opened as it is,
+    without hashing the inputs again (every rank hashing terabytes of corpus would be the cost)."""
+    if src.prefix is not None:
+        return prepare_source(name, src, tokenizer, data_dir)  # reads the shard's own metadata only
+    prefix = data_dir / f"{name}.{key}"
+    meta = complete_meta(prefix, key) if key else None
+    if meta is None:
+        raise CptError(f"{prefix}: the shard rank 0 prepared for source `{name}` is not here; --out (and "
+                       "data_dir) must be on a file system that every node shares")
+    return TokenizedSource(name, str(prefix), key, meta)
+
+
 def content_key(fingerprint: str, inputs: list[dict], src: SourceCfg) -> str:
     """What determines a shard's bytes: the tokenizer, the inputs' hashes, the parsing options."""
     options = _parsing_options(src)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CptError
-from .env import check_gpus
+from .env import Dist, check_gpus
 from ..recipe import load_recipe
 
 
@@ -19,7 +19,11 @@ def launch(recipe: Path, out: Path, resume: bool, nproc: int, peak_tflops: float
         raise CptError(f"--nproc: {nproc} is not a number of processes from 1 to 1024")
     if "WORLD_SIZE" in os.environ:
         raise CptError("--nproc: already running under torchrun; drop --nproc (torchrun sets the ranks)")
-    if load_recipe(recipe).device == "cuda":
+    from ..build import check_world
+
+    loaded = load_recipe(recipe)
+    check_world(loaded, Dist(rank=0, world=nproc))  # the batch splits over the ranks
+    if loaded.device == "cuda":
         check_gpus(nproc, "--nproc")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "cpt", "run", str(recipe), "--out", str(out), *(["--resume"] if resume else []),

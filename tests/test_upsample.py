@@ -142,7 +142,7 @@ def test_recipe_upsample_long_reaches_the_stream(base, tmp_path):
     recipe = load_recipe(write(tmp_path, data))
     assert recipe.sources["a"].upsample_long.factor == 2.0
     (tmp_path / "run").mkdir()
-    run = SimpleNamespace(recipe=recipe, dir=tmp_path / "run")
+    run = SimpleNamespace(recipe=recipe, dir=tmp_path / "run", leader=True)
     src = RunData._split(run, "a", SimpleNamespace(open=lambda: _shard(tmp_path)))
     long_train = int(np.sum(src.stream.shard.lengths[src.train_ids] > SHORT))
     assert src.stream.upsample == (SHORT, 2.0)

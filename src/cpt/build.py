@@ -136,6 +136,7 @@ def claim_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: Checkp
                        "choose a new or empty folder")
     folder.lock()
     recover_dirs(checkpoints.root)  # a checkpoint swapped out by a save that died mid-rename
+    checkpoints.clear_unsealed()  # and the writes that never finished
     if not folder.is_run():
         if resume:
             note(f"--resume: nothing to resume in {out}; a new run starts")

@@ -14,7 +14,7 @@ import errno
 import json
 import shutil
 import warnings
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +66,7 @@ class CheckpointManager:
         self.pending: _Pending | None = None  # the write in flight
         # async writes coordinate over a gloo group of their own (made by every rank, in order)
         self._group = dist.new_gloo_group() if asynchronous else None
+        self._sealer = ThreadPoolExecutor(1, thread_name_prefix="cpt-seal") if asynchronous and dist.is_main else None
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -87,7 +88,7 @@ class CheckpointManager:
             if main:
                 tmp.mkdir(parents=True)
             self.dist.barrier()
-            future = self._write(tmp, model, optimizer)
+            future = self._write(tmp, model, optimizer, meta)
         self.pending = _Pending(name, tmp, final, meta, need, future)
         if future is None:
             self._complete()
@@ -124,17 +125,35 @@ class CheckpointManager:
             raise
 
     def _complete(self) -> None:
-        p = self.pending
+        """Name the written checkpoint. A failure on any rank (a write, rank 0's seal or rename)
+        is known to all before any goes on, so none waits forever on another."""
+        p, main = self.pending, self.dist.is_main
         with self._failing(p.name, p.tmp, p.need):
-            if p.future is not None:
-                p.future.result()  # a failure in the writer thread surfaces here
-            if self.dist.is_main:  # DCP's coordinator wrote `.metadata` after every rank's shards
-                write_json_atomic(p.tmp / META, p.meta)
-                fsync_dir(p.tmp / "state")
-                write_manifest(p.tmp)  # last: its presence says every file before it is complete
-                replace_dir(p.tmp, p.final)  # a stage end redone after a resume replaces the old copy whole
-            self.dist.barrier()
+            failed = None
+            try:
+                if p.future is not None:
+                    p.future.result()  # the writer's (and, async, rank 0's sealer's) failure surfaces here
+                elif main:
+                    self._seal(p.tmp, p.meta)
+                if main:
+                    replace_dir(p.tmp, p.final)  # a stage end redone after a resume replaces the old copy whole
+            except BaseException as e:
+                failed = e
+            if self.dist.agree(failed is not None):  # also the barrier: the folder is named for all
+                raise failed or CptError(f"checkpoint {p.name}: another rank could not write it (its error is above)")
         self.pending, self.last_good = None, p.final
+
+    @staticmethod
+    def _seal(tmp: Path, meta: dict) -> None:
+        """Rank 0, after DCP's coordinator wrote `.metadata` (so after every rank's shards)."""
+        write_json_atomic(tmp / META, meta)
+        fsync_dir(tmp / "state")
+        write_manifest(tmp)  # last: its presence says every file before it is complete
+
+    def clear_unsealed(self) -> None:
+        """Remove the `.tmp-` folders of writes that never finished (a run killed mid-save)."""
+        for tmp in self.root.glob(".tmp-*") if self.root.is_dir() else []:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def check_space(self, model, optimizer, what: str = "a checkpoint") -> int:
         """Warn when the disk has less room than a save needs (about); return that size."""
@@ -144,7 +163,7 @@ class CheckpointManager:
             warn(f"{what} needs about {_gb(need)}, but {self.root} has {_gb(free)} free; free space before it is written")
         return need
 
-    def _write(self, tmp: Path, model, optimizer) -> Future | None:
+    def _write(self, tmp: Path, model, optimizer, meta: dict) -> Future | None:
         """Every rank's shards into `tmp/state` (DCP): written now, or (asynchronous)
         copied to CPU memory now and written by a thread, over a gloo group of its own so that its
         collectives never interleave with training's."""
@@ -159,7 +178,12 @@ class CheckpointManager:
                     dcp.save(state, checkpoint_id=where)
                     return None
                 future = dcp.async_save(state, checkpoint_id=where, process_group=self._group)
-                return getattr(future, "upload_completion", future)  # AsyncSaveResponse in newer torch
+                future = getattr(future, "upload_completion", future)  # AsyncSaveResponse in newer torch
+                if not self.dist.is_main:
+                    return future
+                # rank 0 seals in a thread too: hashing a large checkpoint would otherwise stall
+                # training (and every rank waiting for rank 0) at the step that finds it written
+                return self._sealer.submit(lambda: (future.result(), self._seal(tmp, meta)))
         finally:
             if fresh:
                 optimizer.state.clear()

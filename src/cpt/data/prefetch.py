@@ -26,7 +26,10 @@ class Prefetcher:
     def get(self, k: int) -> torch.Tensor:
         """Step k's batch (read now unless it was read ahead); step k+1's starts reading."""
         ahead, self.ahead = self.ahead, None
-        tokens = ahead[1].result() if ahead is not None and ahead[0] == k else self._read(k)
+        if ahead is not None and ahead[0] != k:
+            ahead[1].cancel()  # read for a step that was not asked for
+            ahead = None
+        tokens = ahead[1].result() if ahead is not None else self._read(k)
         if k + 1 < self.end:
             self.ahead = (k + 1, self.pool.submit(self._read, k + 1))
         return tokens

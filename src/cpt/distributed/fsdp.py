@@ -45,6 +45,11 @@ def shard_model(model: nn.Module, d: Dist, cfg: DistributedCfg, device: torch.de
             fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
         fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
     if cfg.compile:
+        if cfg.activation_checkpointing != "none":
+            # transformers' checkpointed forward sets an output-capture context variable; Dynamo
+            # refuses that side effect inside a checkpoint and would compile nothing at all
+            # (silently eager). cpt captures no outputs, so the side effect need not be replayed.
+            torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
         # the block's forward, not the module: FSDP2's hooks (in __call__) stay outside the graph,
         # parameter names stay as they are (no `_orig_mod.`), and done after fully_shard it is the
         # forward of FSDP2's block class, the one transformers' checkpointing wraps
@@ -55,15 +60,18 @@ def shard_model(model: nn.Module, d: Dist, cfg: DistributedCfg, device: torch.de
 
 # what `selective` keeps from the forward: the outputs of the expensive ops (matrix products and
 # attention); everything between them is recomputed in backward
-_SAVED = ("mm", "addmm", "bmm", "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
-          "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
+_SAVED = ("mm", "addmm", "bmm", "_scaled_mm", "_scaled_dot_product_efficient_attention",
+          "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
+          "_scaled_dot_product_flash_attention_for_cpu", "_efficient_attention_forward", "_flash_attention_forward")
+
+
+_SAVED_OPS = {getattr(torch.ops.aten, n).default for n in _SAVED if hasattr(torch.ops.aten, n)}
 
 
 def _keep_products(ctx, op, *args, **kwargs):
     from torch.utils.checkpoint import CheckpointPolicy
 
-    saved = {getattr(torch.ops.aten, n).default for n in _SAVED if hasattr(torch.ops.aten, n)}
-    return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
+    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def checkpointing(model: nn.Module, mode: str) -> None:

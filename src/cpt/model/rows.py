@@ -22,6 +22,7 @@ Nothing else of W is ever written: the frozen rows stay bit-identical at any wor
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
@@ -33,11 +34,10 @@ class TrainableRows:
                  optimizer: torch.optim.Optimizer):
         self.weight, self.optimizer = weight, optimizer
         self.ids = torch.tensor(ids, dtype=torch.long, device=weight.device)
-        whole = weight.full_tensor() if isinstance(weight, DTensor) else weight  # gathered once a stage
-        self.rows = torch.nn.Parameter(whole.detach()[self.ids].clone())
         shard, first = _local_rows(weight)
         mine = (self.ids >= first) & (self.ids < first + shard.shape[0])
         self.mine, self.mine_at = mine.nonzero().squeeze(1), self.ids[mine] - first  # R's rows in this shard
+        self.rows = torch.nn.Parameter(_gather_rows(shard, self.ids, self.mine, self.mine_at))
         # position of each id in R, -1 for the rows that stay frozen
         self.lookup = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)
         self.lookup[self.ids] = torch.arange(len(ids), device=weight.device)
@@ -86,9 +86,23 @@ def _local_rows(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
     """This process's rows of W, in place, and the index of the first: all of W unsharded; under
     FSDP2 its shard, which `fully_shard` cuts along dim 0 as torch.chunk does."""
     if not isinstance(weight, DTensor):
+        if dist.is_initialized() and dist.get_world_size() > 1:  # a gathered copy: writes would be lost
+            raise RuntimeError("row training under several ranks needs the sharded matrix (reshard the model first)")
         return weight.data, 0
     chunk = -(-weight.shape[0] // weight.device_mesh.size())
     return weight.to_local().data, min(weight.device_mesh.get_local_rank() * chunk, weight.shape[0])
+
+
+def _gather_rows(shard: torch.Tensor, ids: torch.Tensor, mine: torch.Tensor, mine_at: torch.Tensor) -> torch.Tensor:
+    """W's rows `ids`, whole, on every rank: each rank fills the ones in its shard and a sum puts
+    them together (exact: every row comes from one rank, zeros from the others), without
+    gathering the V x d matrix anywhere."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return shard.detach()[ids].clone()
+    rows = torch.zeros(len(ids), shard.shape[1], dtype=shard.dtype, device=shard.device)
+    rows[mine] = shard.detach()[mine_at]
+    dist.all_reduce(rows)
+    return rows
 
 
 def unsupported(module: torch.nn.Module) -> str | None:

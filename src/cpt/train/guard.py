@@ -32,6 +32,7 @@ class NonFiniteGuard(Hook):
             warn(f"step {s.global_step} (stage {stage.name}, lr {lr:.3g}): loss {result.loss}, "
                  f"gradient norm {result.grad_norm}; step skipped, no update ({self.in_a_row} in a row)")
         if self.in_a_row >= self.max_bad:
+            run.checkpoints.wait()  # a save still being written held finite weights: name it first
             last = run.checkpoints.last_good
             where = f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written yet"
             raise CptError(f"training diverged: {self.in_a_row} steps in a row with a non-finite loss or gradient, "

@@ -52,7 +52,11 @@ def train_step(model, optimizer, micro_batches: torch.Tensor, lr: float, grad_cl
             loss = model(input_ids=mb, labels=mb).loss / accum
         loss.backward()
         total += loss.detach()
-    norm = clip_gradients([p for g in optimizer.param_groups for p in g["params"]], grad_clip, dist)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for p in params:  # one FSDP2 does not manage (row training's R) is whole on every rank
+        if p.grad is not None and not isinstance(p.grad, DTensor):
+            dist.average_(p.grad)  # as FSDP2 averages its own
+    norm = clip_gradients(params, grad_clip, dist)
     loss = dist.mean(float(total), micro_batches.device)
     skipped = not (math.isfinite(loss) and math.isfinite(norm))
     if not skipped:  # a NaN/Inf gradient would poison every weight and both AdamW moments
@@ -63,17 +67,14 @@ def train_step(model, optimizer, micro_batches: torch.Tensor, lr: float, grad_cl
 
 def clip_gradients(params: list[torch.Tensor], grad_clip: float | None, dist: Dist = Dist()) -> float:
     """The gradient norm over the whole model (and over every rank), after scaling the gradients
-    down to `grad_clip` if it is set. FSDP2's gradients are DTensor shards, averaged over ranks;
-    a parameter it does not manage (row training's R, made after sharding) is replicated, so its
-    gradient is averaged here the same way."""
+    down to `grad_clip` if it is set. FSDP2's gradients are DTensor shards; the others are
+    whole on every rank (and already averaged over ranks)."""
     if dist.world == 1:
         if grad_clip is not None:
             return float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
         return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
     sharded = [p for p in params if isinstance(p.grad, DTensor)]
     replicated = [p for p in params if p.grad is not None and not isinstance(p.grad, DTensor)]
-    for p in replicated:
-        dist.average_(p.grad)
     parts = []
     if sharded:
         parts.append(torch.nn.utils.get_total_norm([p.grad for p in sharded]).full_tensor())

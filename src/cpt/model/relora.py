@@ -1,0 +1,125 @@
+"""ReLoRA's mechanics (Lialin et al., ICLR 2024): LoRA adapters from PEFT on the decoder blocks'
+linears, merged into the frozen weight in place, re-initialised, and their Adam moments pruned.
+
+Everything happens in place, on the same Parameter objects: PEFT's `merge_and_unload` or
+`get_peft_model` would build new modules and new Parameters, leaving the optimizer (and FSDP2)
+holding stale ones, and `merge_adapter` marks the adapter merged so that its forward skips the
+branch. We use PEFT for the layers (`inject_adapter_in_model`, `get_delta_weight`) and do the
+merge ourselves:
+
+- merge: W <- W + s.B.A (in W's dtype; fp32 on CPU and for FSDP2's sharded master weights);
+- re-initialise: A from a Kaiming-uniform draw of a generator seeded by (seed, merge count), the
+  same on every rank and on a resume; B <- 0, so s.B.A = 0 and the model's function is unchanged;
+- prune: the chosen share of A's and B's `exp_avg` / `exp_avg_sq` is zeroed, chosen by magnitude
+  (exactly that many entries: ties cannot zero a whole tensor), at random, or all of it. The
+  optimizer state is looked up by Parameter, never by name (axolotl's reset pruned nothing for
+  months because it indexed by name).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import CptError
+from .relora_cfg import PruneCfg, ReLoRACfg
+
+ADAPTER = "default"
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """The names (last component) of every linear layer inside the decoder blocks: attention and
+    MLP projections, whatever the family calls them."""
+    from ..distributed.fsdp import decoder_layers
+
+    names = {n.rsplit(".", 1)[-1] for n, m in decoder_layers(model).named_modules() if isinstance(m, nn.Linear)}
+    return sorted(names)
+
+
+def wrap(model: nn.Module, cfg: ReLoRACfg, where: str = "relora") -> list[nn.Module]:
+    """Put LoRA adapters on the targets (in place: the model keeps its class and the names of
+    every parameter that is not wrapped); the wrapped weights are frozen, A and B train."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    targets = cfg.targets or default_targets(model)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    chosen = {n: m for n, m in linears.items() if n.rsplit(".", 1)[-1] in targets or n in targets}
+    if not chosen:
+        known = sorted({n.rsplit(".", 1)[-1] for n in linears})
+        raise CptError(f"{where}.targets: {', '.join(targets)} match no linear layer of {type(model).__name__}; "
+                       f"its linear layers are named {', '.join(known)}")
+    small = min(chosen.items(), key=lambda kv: min(kv[1].in_features, kv[1].out_features))
+    if cfg.rank > min(small[1].in_features, small[1].out_features):
+        raise CptError(f"{where}.rank: {cfg.rank} is larger than {small[0]} "
+                       f"({small[1].in_features} x {small[1].out_features}); choose at most "
+                       f"{min(small[1].in_features, small[1].out_features)}")
+    config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
+                        target_modules=sorted(chosen), init_lora_weights=True)
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    for p in model.parameters():  # PEFT freezes all but the adapters; the rest keeps `trainable:`'s choice
+        if id(p) in flags:
+            p.requires_grad_(flags[id(p)])
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        layer.get_base_layer().weight.requires_grad_(False)
+        for p in (*layer.lora_A[ADAPTER].parameters(), *layer.lora_B[ADAPTER].parameters()):
+            p.requires_grad_(True)
+    return layers
+
+
+def lora_params(layers: list[nn.Module]) -> list[nn.Parameter]:
+    return [p for layer in layers for lin in (layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]) for p in lin.parameters()]
+
+
+@torch.no_grad()
+def merge(layers: list[nn.Module], optimizer: torch.optim.Optimizer | None, prune: PruneCfg, seed: int,
+          merges: int) -> float:
+    """Fold every adapter into its weight, re-initialise it, prune its moments. `merges`: how many
+    merges came before (with `seed`, it fixes A's new draw). Returns the share of the adapters'
+    moment entries that are zero afterwards (what was pruned, measured)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + merges + 1)
+    for layer in layers:
+        base = layer.get_base_layer()
+        base.weight.add_(layer.get_delta_weight(ADAPTER).to(base.weight.dtype))
+        a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+        bound = 1 / math.sqrt(a.shape[1])  # kaiming_uniform_(a=sqrt(5)), PEFT's and nn.Linear's init
+        a.copy_(torch.empty(a.shape).uniform_(-bound, bound, generator=gen).to(a.dtype))
+        b.zero_()
+    if optimizer is None:
+        return 0.0
+    zero = total = 0
+    for p in lora_params(layers):
+        state = optimizer.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                t = state[key]
+                _prune(t, prune, gen)
+                zero, total = zero + int((t == 0).sum()), total + t.numel()
+    return zero / total if total else 0.0
+
+
+def _prune(t: torch.Tensor, cfg: PruneCfg, gen: torch.Generator) -> None:
+    k = round(cfg.ratio * t.numel()) if cfg.method != "reset" else t.numel()
+    if k <= 0:
+        return
+    flat = t.view(-1)
+    if cfg.method == "random":
+        idx = torch.randperm(t.numel(), generator=gen)[:k].to(t.device)
+    else:  # magnitude: exactly the k smallest (ties broken by position), or all of them
+        idx = flat.abs().topk(k, largest=False, sorted=False).indices
+    flat[idx] = 0
+
+
+@torch.no_grad()
+def unwrap(model: nn.Module, layers: list[nn.Module]) -> None:
+    """Merge a last time and put the plain linear layers back: the model is what it was, with the
+    sum of every update in its weights (what a checkpoint's export and `AutoModel` load)."""
+    merge(layers, None, PruneCfg(), 0, 0)
+    for name, module in list(model.named_modules()):
+        if any(module is layer for layer in layers):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())

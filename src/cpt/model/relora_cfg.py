@@ -1,0 +1,34 @@
+"""A stage's `relora:` section (owned by model/relora.py)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..config import MAX_TOKENS, Strict
+
+
+class PruneCfg(Strict):
+    """What happens to the LoRA parameters' Adam moments at each merge: `magnitude` zeroes the
+    `ratio` share with the smallest magnitudes (the paper: 0.99), `random` a random share,
+    `reset` all of them. Other parameters' moments are never touched."""
+
+    method: Literal["magnitude", "random", "reset"] = "magnitude"
+    ratio: float = Field(0.99, ge=0.0, le=1.0)
+
+
+class ReLoRACfg(Strict):
+    """ReLoRA (Lialin et al., ICLR 2024): rank-`rank` adapters on `targets` (default: every linear
+    layer of the decoder blocks, i.e. attention and MLP), merged into the frozen weight every
+    `merge_every_tokens`, then re-initialised, with the moments pruned and the LR re-warmed over
+    `restart_warmup_tokens`. `warm_start` tokens train at full rank first."""
+
+    rank: int = Field(128, ge=1, le=65536)
+    alpha: float = Field(32.0, gt=0, le=1e6)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: list[str] | None = None
+    merge_every_tokens: int = Field(gt=0, le=MAX_TOKENS)
+    prune: PruneCfg = PruneCfg()
+    restart_warmup_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
+    warm_start: int = Field(0, ge=0, le=MAX_TOKENS)

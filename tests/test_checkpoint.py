@@ -111,3 +111,29 @@ def test_an_async_save_writes_the_state_of_when_it_was_called(tmp_path):
     CheckpointManager.load(final, back, build_optimizer(back, OptimizerCfg()))
     for n, p in back.named_parameters():
         assert torch.equal(p, saved[n]), n
+
+
+def test_an_async_write_that_fails_surfaces_and_leaves_earlier_checkpoints(tmp_path, monkeypatch):
+    """The writer thread's error is raised when the save is finished (`wait`), its temporary
+    folder is gone, and the checkpoint before it is intact and still the last good one."""
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+
+    from cpt.checkpoint.integrity import verify
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2))
+    opt = build_optimizer(model, OptimizerCfg())
+    manager = CheckpointManager(tmp_path, asynchronous=True)
+    first = manager.save("first", model, opt, {"seq": 1})
+    manager.wait()
+
+    def broken(self, *args, **kwargs):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(FileSystemWriter, "write_data", broken)
+    manager.save("second", model, opt, {"seq": 2})
+    with pytest.raises(OSError, match="Input/output error"):
+        manager.wait()
+    assert manager.pending is None and manager.last_good == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first"]
+    verify(first)

@@ -20,7 +20,10 @@ from .fileio import recover_dirs, write_text_atomic
 from .model.load import build_model, check_extension, load_tokenizer, new_token_ids
 from .recipe import Recipe
 from .schedules import Segment, plan_segments
+from .model import relora
+from .model.trainable import trainable_params
 from .train.guard import NonFiniteGuard
+from .train.relora import ReLoRA
 from .train.hooks import Hooks
 from .train.saves import SealSaves
 from .train.metrics import MetricsLog
@@ -93,6 +96,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     model = build_model(recipe, tokenizer).to(device)
     new_ids = new_token_ids(recipe.model.path)
     check_extension(model, tokenizer, new_ids, recipe.model.path)
+    check_relora(recipe, model)
     model.train()
     throughput = Throughput(flops_per_token(model, recipe.seq_len), device_peak_tflops(device, peak_tflops), d.world)
     shard_model(model, d, recipe.distributed, device)
@@ -103,12 +107,36 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
         data=data, validation=data.validation(), segments=segments,
         checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl", enabled=d.is_main), state=TrainState(),
         recipe_hash=recipe_hash, new_ids=new_ids, folder=folder, dist=d, throughput=throughput,
-        hooks=Hooks([NonFiniteGuard(recipe.nonfinite)] + ([SealSaves()] if recipe.checkpoint.asynchronous else [])),
+        hooks=build_hooks(recipe),
     )
     if d.is_main:
         checkpoints.check_space(model, run.optimizer)  # early: a week of training before the first save fails
         folder.record()  # what this run wrote so far: a restart before the first checkpoint removes only that
     return run
+
+
+def build_hooks(recipe: Recipe) -> Hooks:
+    hooks = [NonFiniteGuard(recipe.nonfinite)]
+    if any(st.relora for st in recipe.stages):
+        hooks.append(ReLoRA())
+    if recipe.checkpoint.asynchronous:
+        hooks.append(SealSaves())
+    return Hooks(hooks)
+
+
+def check_relora(recipe: Recipe, model: torch.nn.Module) -> None:
+    """Each ReLoRA stage's targets exist, fit its rank, and are layers the stage trains: before
+    any training, not when the adapters go on after a warm start."""
+    for i, st in enumerate(recipe.stages):
+        if st.relora is None:
+            continue
+        where = f"stages[{i}] ({st.name}).relora"
+        found = relora.chosen(model, st.relora, where)
+        trained = trainable_params(model, st.trainable, f"stages[{i}].trainable")
+        frozen = [n for n, m in found.items() if id(m.weight) not in trained]
+        if frozen:
+            raise CptError(f"{where}.targets: {frozen[0]} is frozen by the stage's trainable "
+                           f"({', '.join(st.trainable)}); train it, or leave it out of targets")
 
 
 def check_world(recipe: Recipe, d: Dist) -> None:

@@ -265,7 +265,8 @@ def _eeve(r: Recipe, st: StageCfg) -> list[StageCfg]:
     """`<name>.eeve1` ... `<name>.eeve6`, then `<name>` (stage 7, so that later stages can start
     from `<name>@final`): the first takes the stage's init, schedule and optimizer policy, the
     others continue from it; `buffer_add` happens after the last. All measure adaptation on the
-    stage's new data (`new:`, else its mix's sources outside `base_sources`)."""
+    stage's new data (`new:`, else its mix's sources outside `base_sources`). A `relora:` applies
+    to the stages that train the layers (6 and 7), as the Vietnamese recipe asks."""
     from .recipe import BUFFER
 
     plan = eeve_stages(r)
@@ -277,8 +278,10 @@ def _eeve(r: Recipe, st: StageCfg) -> list[StageCfg]:
         later = {} if k == 0 else {"init": "previous", "schedule": ContinueSchedule(kind="continue"),
                                    "optimizer_state": "keep"}
         last = k == len(plan) - 1
+        layers = {"all", "layers"} & set(trainable)  # ReLoRA (the recipe's stages 6 and 7) trains the layers
         out.append(st.model_copy(update={"name": st.name if last else f"{st.name}.{suffix}", "tokens": tokens,
                                          "trainable": trainable, "new": new,
+                                         "relora": st.relora if layers else None,
                                          "buffer_add": st.buffer_add if last else None, **later}))
     return out
 

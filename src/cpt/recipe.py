@@ -21,6 +21,7 @@ from .data.sources import DECODED, RECORDS, first_record_problem, template_probl
 from .checkpoint.integrity import verify as verify_checkpoint
 from .errors import CptError, RecipeError
 from .train.guard_cfg import NonFiniteCfg
+from .model.relora_cfg import ReLoRACfg
 from .distributed.config import DistributedCfg
 from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, PositiveLR, Schedule, ConstantSchedule, Segment,
                         decays, plan_segments)
@@ -153,6 +154,9 @@ class StageCfg(Strict):
     # sources whose data is new in this stage (adaptation is measured on them); default: the
     # `buffer_add` source, else the mix's sources that no earlier stage trained on.
     new: list[str] | None = None
+    # train the decoder's linears through merged low-rank updates (model/relora.py); on an `eeve`
+    # stage, its last two sub-stages (the ones that train the layers)
+    relora: ReLoRACfg | None = None
 
     @property
     def init_ref(self) -> tuple[str, str] | None:
@@ -393,6 +397,8 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         elif st.buffer_add is not None and st.buffer_add.tokens is not None and st.buffer_add.tokens < r.seq_len:
             p(f"{where}.buffer_add.tokens: {st.buffer_add.tokens} is less than one sample (seq_len = {r.seq_len})")
         problems += _check_init(r, i, where)
+        if st.relora is not None and (expanded or not preset):
+            problems += _check_relora(r, st, where)
         eeve = preset and isinstance(st.strategy, presets.Eeve)  # its trainable sets are checked expanded
         if st.optimizer_state == "reset-new" and not eeve and not _groups(st.trainable) - _groups(r.start_trainable(i)):
             p(f"{where}.optimizer_state: reset-new gives fresh moments only to newly trainable parameters, but this "
@@ -412,6 +418,33 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         p(f"eval.every_tokens: {r.eval.every_tokens} is less than one optimizer step ({r.batch_tokens})")
     if r.checkpoint.every_tokens is not None and r.checkpoint.every_tokens < r.batch_tokens:
         p(f"checkpoint.every_tokens: {r.checkpoint.every_tokens} is less than one optimizer step ({r.batch_tokens})")
+    return problems
+
+
+def _check_relora(r: Recipe, st: StageCfg, where: str) -> list[str]:
+    """ReLoRA's cycles are whole optimizer steps that tile the stage after the warm start; the
+    layers it trains must be ones the stage trains."""
+    c, batch, problems = st.relora, r.stage_batch(st), []
+    p = problems.append
+    where = f"{where} ({st.name}).relora"
+    if c.merge_every_tokens < batch:
+        p(f"{where}.merge_every_tokens: {c.merge_every_tokens} is less than one optimizer step ({batch} tokens)")
+    elif c.merge_every_tokens % batch:
+        p(f"{where}.merge_every_tokens: {c.merge_every_tokens} is not a whole number of optimizer steps ({batch} tokens)")
+    total = r.stage_steps(st) * batch
+    if c.warm_start % batch:
+        p(f"{where}.warm_start: {c.warm_start} is not a whole number of optimizer steps ({batch} tokens)")
+    elif c.warm_start >= total:
+        p(f"{where}.warm_start: {c.warm_start} leaves no LoRA phase in the stage's {total} tokens; lower it")
+    elif not problems and (total - c.warm_start) % c.merge_every_tokens:
+        p(f"{where}.merge_every_tokens: {c.merge_every_tokens} does not divide the stage's LoRA phase "
+          f"({total} tokens - warm_start {c.warm_start}); choose a divisor, or change the stage's tokens")
+    if c.restart_warmup_tokens > c.merge_every_tokens:
+        p(f"{where}.restart_warmup_tokens: {c.restart_warmup_tokens} is longer than a cycle (merge_every_tokens = "
+          f"{c.merge_every_tokens})")
+    if c.targets is None and not {"all", "layers"} & set(st.trainable):
+        p(f"{where}: the stage freezes the layers ReLoRA trains (trainable: {', '.join(st.trainable)}); "
+          "add `layers` to trainable, or remove relora")
     return problems
 
 

@@ -286,13 +286,24 @@ class Segment:
     total: int  # tokens of the stage (whole steps)
     start_lr: float  # the LR before the stage's first step (what a continuing schedule holds)
     scale: float = 1.0  # the lr_scaling factor applied to the inherited LR (1: none)
+    # ReLoRA's jagged LR: after each of these stage tokens the curve is multiplied by a linear
+    # re-warmup from 0 over `rewarm` tokens (Lialin et al. 2024)
+    restarts: tuple[int, ...] = ()
+    rewarm: int = 0
 
     @property
     def kind(self) -> str:
         return self.curve.kind if self.offset == 0 else f"{self.curve.kind} (continued)"
 
     def lr(self, t: float) -> float:
-        return self.curve.lr(self.offset + t)
+        return self.curve.lr(self.offset + t) * self.rewarm_factor(t)
+
+    def rewarm_factor(self, t: float) -> float:
+        """The jagged factor at stage tokens t: (t - r) / rewarm after the last restart r < t."""
+        last = max((r for r in self.restarts if r < t), default=None)
+        if last is None or self.rewarm == 0:
+            return 1.0
+        return min(1.0, (t - last) / self.rewarm)
 
     @property
     def end_lr(self) -> float:
@@ -321,6 +332,8 @@ class Segment:
             else:
                 shape = "" if p.name == "warmup" else f" {p.shape}"
                 parts.append(f"{p.name}{shape} {self.curve.lr(lo):.4g} -> {self.curve.lr(hi):.4g} over {n}")
+        if self.restarts and self.rewarm:
+            parts.append(f"jagged: x a re-warmup over {self.rewarm:,} tokens after {len(self.restarts)} restart(s)")
         return ", ".join(parts)
 
 
@@ -357,9 +370,11 @@ def plan_segments(recipe: Recipe) -> list[Segment]:
     for i, st in enumerate(stages):
         step = recipe.stage_batch(st)
         total = recipe.stage_steps(st) * step
+        jag = _jagged(st, total)
         if isinstance(st.schedule, ContinueSchedule):
             prev = segments[-1]
-            segments.append(Segment(prev.curve, prev.offset + prev.total, total, prev.end_lr, prev.scale))
+            segments.append(Segment(prev.curve, prev.offset + prev.total, total, prev.curve.lr(prev.offset + prev.total),
+                                    prev.scale, **jag))
             continue
         start, from_batch = _inherited(recipe, i, segments)
         scale = lr_scale(st.lr_scaling, step / from_batch) if from_batch else 1.0
@@ -369,8 +384,14 @@ def plan_segments(recipe: Recipe) -> list[Segment]:
                 break
             span += recipe.stage_steps(later) * recipe.stage_batch(later)
         curve = build_curve(st.schedule, span, step, start * scale)
-        segments.append(Segment(curve, 0, total, start * scale, scale))
+        segments.append(Segment(curve, 0, total, start * scale, scale, **jag))
     return segments
+
+
+def _jagged(st, total: int) -> dict:
+    if st.relora is None or not st.relora.restart_warmup_tokens:
+        return {}
+    return {"restarts": tuple(st.relora.restarts(total)), "rewarm": st.relora.restart_warmup_tokens}
 
 
 def _inherited(recipe: Recipe, i: int, segments: list[Segment]) -> tuple[float, int | None]:

@@ -10,6 +10,8 @@ merge ourselves:
 - merge: W <- W + s.B.A (in W's dtype; fp32 on CPU and for FSDP2's sharded master weights);
 - re-initialise: A from a Kaiming-uniform draw of a generator seeded by (seed, merge count), the
   same on every rank and on a resume; B <- 0, so s.B.A = 0 and the model's function is unchanged;
+- under FSDP2 the adapters are not sharded (created after `fully_shard`, whole on every rank, their
+  gradients averaged like row training's, rows.py); W is, and each rank merges into its shard;
 - prune: the chosen share of A's and B's `exp_avg` / `exp_avg_sq` is zeroed, chosen by magnitude
   (exactly that many entries: ties cannot zero a whole tensor), at random, or all of it. The
   optimizer state is looked up by Parameter, never by name (axolotl's reset pruned nothing for
@@ -25,6 +27,7 @@ from torch import nn
 
 from ..errors import CptError
 from .relora_cfg import PruneCfg, ReLoRACfg
+from .rows import local_rows
 
 ADAPTER = "default"
 
@@ -38,37 +41,64 @@ def default_targets(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def wrap(model: nn.Module, cfg: ReLoRACfg, where: str = "relora") -> list[nn.Module]:
-    """Put LoRA adapters on the targets (in place: the model keeps its class and the names of
-    every parameter that is not wrapped); the wrapped weights are frozen, A and B train."""
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.tuners.lora import LoraLayer
-
+def chosen(model: nn.Module, cfg: ReLoRACfg, where: str = "relora") -> dict[str, nn.Linear]:
+    """The linear layers `targets` names (by full name or last component), checked: at least
+    one, and `rank` no larger than the smallest of their dimensions."""
     targets = cfg.targets or default_targets(model)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    chosen = {n: m for n, m in linears.items() if n.rsplit(".", 1)[-1] in targets or n in targets}
-    if not chosen:
+    found = {n: m for n, m in linears.items() if n.rsplit(".", 1)[-1] in targets or n in targets}
+    if not found:
         known = sorted({n.rsplit(".", 1)[-1] for n in linears})
         raise CptError(f"{where}.targets: {', '.join(targets)} match no linear layer of {type(model).__name__}; "
                        f"its linear layers are named {', '.join(known)}")
-    small = min(chosen.items(), key=lambda kv: min(kv[1].in_features, kv[1].out_features))
+    small = min(found.items(), key=lambda kv: min(kv[1].in_features, kv[1].out_features))
     if cfg.rank > min(small[1].in_features, small[1].out_features):
         raise CptError(f"{where}.rank: {cfg.rank} is larger than {small[0]} "
                        f"({small[1].in_features} x {small[1].out_features}); choose at most "
                        f"{min(small[1].in_features, small[1].out_features)}")
+    return found
+
+
+def wrap(model: nn.Module, cfg: ReLoRACfg, seed: int = 0, where: str = "relora") -> list[nn.Module]:
+    """Put LoRA adapters on the targets (in place: the model keeps its class and the names of
+    every parameter that is not wrapped); the wrapped weights are frozen, A and B train. A is
+    drawn from `seed` (not the global RNG), so every rank and every resume draws the same."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
     config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
-                        target_modules=sorted(chosen), init_lora_weights=True)
+                        target_modules=sorted(chosen(model, cfg, where)), init_lora_weights=True)
     flags = {id(p): p.requires_grad for p in model.parameters()}
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     for p in model.parameters():  # PEFT freezes all but the adapters; the rest keeps `trainable:`'s choice
         if id(p) in flags:
             p.requires_grad_(flags[id(p)])
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    freeze(layers)
+    _redraw(layers, _generator(seed, 0))
+    return layers
+
+
+def freeze(layers: list[nn.Module]) -> None:
+    """The wrapped weights frozen, the adapters trainable (again after `trainable:` is applied)."""
     for layer in layers:
         layer.get_base_layer().weight.requires_grad_(False)
         for p in (*layer.lora_A[ADAPTER].parameters(), *layer.lora_B[ADAPTER].parameters()):
             p.requires_grad_(True)
-    return layers
+
+
+def _generator(seed: int, merges: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + merges)
+
+
+@torch.no_grad()
+def _redraw(layers: list[nn.Module], gen: torch.Generator) -> None:
+    """A from Kaiming-uniform (a=sqrt(5): PEFT's and nn.Linear's init), B = 0: s.B.A = 0."""
+    for layer in layers:
+        a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+        bound = 1 / math.sqrt(a.shape[1])
+        a.copy_(torch.empty(a.shape).uniform_(-bound, bound, generator=gen).to(a.dtype))
+        b.zero_()
 
 
 def lora_params(layers: list[nn.Module]) -> list[nn.Parameter]:
@@ -81,14 +111,14 @@ def merge(layers: list[nn.Module], optimizer: torch.optim.Optimizer | None, prun
     """Fold every adapter into its weight, re-initialise it, prune its moments. `merges`: how many
     merges came before (with `seed`, it fixes A's new draw). Returns the share of the adapters'
     moment entries that are zero afterwards (what was pruned, measured)."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + merges + 1)
     for layer in layers:
-        base = layer.get_base_layer()
-        base.weight.add_(layer.get_delta_weight(ADAPTER).to(base.weight.dtype))
-        a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
-        bound = 1 / math.sqrt(a.shape[1])  # kaiming_uniform_(a=sqrt(5)), PEFT's and nn.Linear's init
-        a.copy_(torch.empty(a.shape).uniform_(-bound, bound, generator=gen).to(a.dtype))
-        b.zero_()
+        # under FSDP2 each rank adds the rows of s.B.A that fall in its shard of W (the product is
+        # computed whole, as one process computes it, so the merged weights are the same)
+        shard, first = local_rows(layer.get_base_layer().weight)
+        delta = layer.get_delta_weight(ADAPTER)[first:first + shard.shape[0]]
+        shard.add_(delta.to(shard.dtype))
+    gen = _generator(seed, merges + 1)
+    _redraw(layers, gen)
     if optimizer is None:
         return 0.0
     zero = total = 0

@@ -32,3 +32,13 @@ class ReLoRACfg(Strict):
     prune: PruneCfg = PruneCfg()
     restart_warmup_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
     warm_start: int = Field(0, ge=0, le=MAX_TOKENS)
+
+    def merge_points(self, total: int) -> list[int]:
+        """Stage tokens after which the adapters merge inside a stage of `total` tokens (the merge
+        at the stage's end, which puts the plain layers back, is not one of them)."""
+        return list(range(self.warm_start + self.merge_every_tokens, total, self.merge_every_tokens))
+
+    def restarts(self, total: int) -> list[int]:
+        """Where the LR re-warms: where the LoRA phase begins after a warm start (fresh adapters
+        and moments), and after each merge (pruned moments)."""
+        return ([self.warm_start] if self.warm_start else []) + self.merge_points(total)

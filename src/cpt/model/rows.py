@@ -34,7 +34,7 @@ class TrainableRows:
                  optimizer: torch.optim.Optimizer):
         self.weight, self.optimizer = weight, optimizer
         self.ids = torch.tensor(ids, dtype=torch.long, device=weight.device)
-        shard, first = _local_rows(weight)
+        shard, first = local_rows(weight)
         mine = (self.ids >= first) & (self.ids < first + shard.shape[0])
         self.mine, self.mine_at = mine.nonzero().squeeze(1), self.ids[mine] - first  # R's rows in this shard
         self.rows = torch.nn.Parameter(_gather_rows(shard, self.ids, self.mine, self.mine_at))
@@ -68,7 +68,7 @@ class TrainableRows:
 
     @torch.no_grad()
     def sync(self) -> None:
-        shard, _ = _local_rows(self.weight)  # looked up each time: loading a checkpoint may swap it
+        shard, _ = local_rows(self.weight)  # looked up each time: loading a checkpoint may swap it
         shard.index_copy_(0, self.mine_at, self.rows.detach()[self.mine])
 
     def release(self) -> None:
@@ -82,7 +82,7 @@ class TrainableRows:
         self.optimizer.state.pop(self.rows, None)
 
 
-def _local_rows(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
+def local_rows(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
     """This process's rows of W, in place, and the index of the first: all of W unsharded; under
     FSDP2 its shard, which `fully_shard` cuts along dim 0 as torch.chunk does."""
     if not isinstance(weight, DTensor):

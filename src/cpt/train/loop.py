@@ -30,6 +30,7 @@ def train(run) -> None:
                 lr = stage.lr(s.stage_step, batch_tokens)
                 tokens = batches.get(s.stage_step)  # read during the previous step
                 waited = time.perf_counter() - t0
+                run.hooks.on_step_begin(run, stage)
                 result = train_step(run.model, run.optimizer, run.local(tokens), lr, r.optimizer.grad_clip, run.autocast,
                                     run.dist)
                 s.stage_step, s.global_step, s.tokens = s.stage_step + 1, s.global_step + 1, s.tokens + batch_tokens
@@ -60,6 +61,7 @@ def resume(run) -> bool:
         raise CptError(f"{path / 'meta.json'}: {e}; resume from another checkpoint or start a new --out") from None
     if run.state.entered:  # saved inside a stage: its trainable rows are part of what was saved
         start_rows(run, run.state.stage_index)
+    run.hooks.on_resume(run)  # a hook that changes the model (ReLoRA's adapters) rebuilds it first
     run.checkpoints.load(path, run.model, run.optimizer, verified=True, dist=run.dist)
     run.checkpoints.last_good = path
     run.metrics.truncate(run.state.metrics_bytes)

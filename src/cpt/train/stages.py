@@ -20,6 +20,7 @@ from ..model.trainable import set_trainable, train_rows, trainable_params
 from ..plan import SourceSize, seen
 from ..recipe import StageCfg, budget_tokens
 from ..schedules import Segment, step_lr
+from .relora import load_plain
 from .step import StepResult, build_optimizer
 
 
@@ -105,6 +106,7 @@ def begin_stage(run, stage: Stage) -> None:
     if not run.state.entered:
         enter_stage(run, stage)
     start_rows(run, stage.index)
+    run.hooks.on_stage_begin(run, stage)
 
 
 def start_rows(run, index: int) -> None:
@@ -130,7 +132,7 @@ def enter_stage(run, stage: Stage) -> None:
     elif init != "previous":
         path = run.checkpoints.path(init) if stage.cfg.init_ref else stage.cfg.init_path
         run.checkpoints.wait()  # it may be the save still being written
-        run.checkpoints.load(path, run.model, run.optimizer, rng=False, dist=run.dist)
+        load_plain(run, path)  # also one written inside a ReLoRA cycle
     policy = stage.cfg.optimizer_state
     if policy == "reset":  # fresh AdamW moments and step count
         run.optimizer = build_optimizer(run.model, run.recipe.optimizer)
@@ -168,6 +170,7 @@ def after_step(run, stage: Stage, result: StepResult, lr: float, seconds: float,
 def end_stage(run, stage: Stage) -> None:
     """End-of-stage eval, then the buffer addition (data joins B only now), then `@final`."""
     run_eval(run, stage, "end")
+    run.hooks.on_stage_end(run, stage)  # ReLoRA's last merge: what follows sees the plain model
     s = run.state
     s.cursors = stage.mixture.cursors_after()
     run.metrics.write({"kind": "data", "stage": stage.name, "tokens": s.tokens, "data_seen": data_seen(run, s.cursors)})

@@ -1,0 +1,115 @@
+"""A ReLoRA stage in a plan (train/relora.py): adapters on after the warm start, merges at their
+points with the LR re-warmed, a resume inside a cycle equal to the run never stopped, `@final`
+and the export plain, and bad input refused before any training."""
+
+import json
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from conftest import small_recipe
+
+STAGES = """
+  - {name: a, tokens: 512, mix: {stories: 1.0}}
+  - name: b
+    tokens: 2048
+    mix: {stories: 0.5, math: 0.5}
+    schedule: {kind: cosine, lr: 1.0e-3, warmup: 0.125}
+    relora: {rank: 4, alpha: 8, merge_every_tokens: 512, warm_start: 512, restart_warmup_tokens: 512,
+             prune: {ratio: 0.9}}
+"""
+
+
+EVERY_STEP = "checkpoint: {every_tokens: 256}"
+
+
+def relora_run(tmp_path, shared, name: str, header: str = ""):
+    from cpt.build import build_run
+    from cpt.train.loop import train
+
+    (tmp_path / name).mkdir(parents=True)
+    recipe = small_recipe(tmp_path / name, shared, STAGES, header=header)
+    run = build_run(recipe, name, tmp_path / name / "out", resume=False)
+    train(run)
+    return run
+
+
+def records(run, kind: str) -> list[dict]:
+    out = [r for r in run.metrics.records() if r["kind"] == kind]
+    for r in out:
+        r.pop("tokens_per_s", None)
+        r.pop("perf", None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, shared):
+    return relora_run(tmp_path_factory.mktemp("relora"), shared, "whole", header=EVERY_STEP)
+
+
+def test_adapters_go_on_after_the_warm_start_and_merge_at_their_points(whole):
+    events = [(r["event"], r["step"], r.get("merges"), r.get("pruned")) for r in records(whole, "relora")]
+    # stage a: 2 steps; b: 8 steps of 256 tokens; warm start 2 steps; merges at 1024 and 1536 tokens
+    assert [e[:3] for e in events] == [("start", 4, None), ("merge", 6, 1), ("merge", 8, 2), ("end", 10, 3)]
+    # the share of the adapters' moments that is zero: the ratio, to the rounding of each tensor
+    assert all(abs(e[3] - 0.9) < 2e-3 for e in events if e[0] == "merge")
+    lrs = [r["lr"] for r in records(whole, "train") if r["stage"] == "b"]
+    seg = whole.segments[1]
+    curve = [seg.curve.lr(256 * (k + 1)) for k in range(8)]
+    # jagged: x a re-warmup over 512 tokens (2 steps) after 512 (the LoRA start), 1024, 1536
+    factor = [1, 1, 0.5, 1, 0.5, 1, 0.5, 1]
+    assert lrs == pytest.approx([c * f for c, f in zip(curve, factor)], rel=1e-12)
+
+
+def test_final_checkpoint_and_export_are_the_plain_model(whole, shared):
+    from transformers import AutoModelForCausalLM
+
+    from cpt.train.finish import export_model
+
+    keys = dcp.FileSystemReader(str(whole.checkpoints.path("b@final") / "state")).read_metadata().state_dict_metadata
+    assert not any("lora" in k or "base_layer" in k for k in keys)
+    inside = dcp.FileSystemReader(str(whole.checkpoints.path("step-0000008") / "state")).read_metadata()
+    inside = inside.state_dict_metadata
+    assert any("lora_A" in k for k in inside) and any("optim.state" in k and "lora_B" in k for k in inside)
+    meta = json.loads((whole.checkpoints.path("step-0000008") / "meta.json").read_text())
+    assert meta["hooks"]["relora"]["merges"] == 1
+    export_model(whole)
+    plain = AutoModelForCausalLM.from_pretrained(whole.out / "model")
+    base = AutoModelForCausalLM.from_pretrained(shared / "models" / "stories260K")
+    assert set(plain.state_dict()) == set(base.state_dict())
+    ids = torch.arange(40).view(2, 20)
+    whole.model.eval()
+    plain.eval()
+    torch.testing.assert_close(plain(input_ids=ids).logits, whole.model(input_ids=ids).logits, rtol=0, atol=1e-6)
+    moved = [n for n, p in plain.named_parameters() if not torch.equal(p, base.state_dict()[n])]
+    assert any("q_proj" in n for n in moved)  # the merged updates are in the weights
+
+
+@pytest.mark.parametrize("die_at", [6, 9])
+def test_resume_inside_a_relora_cycle_equals_uninterrupted(whole, tmp_path, shared, monkeypatch, die_at):
+    """Killed at step 6 (resumed from step 5's checkpoint, in the middle of the first cycle) or
+    at step 9 (resumed from step 8's, at a merge point: the checkpoint holds the unmerged adapters
+    and the resumed run merges first): the same losses and weights as the run never stopped."""
+    import cpt.train.loop as loop
+    from cpt.build import build_run
+    from cpt.recipe import load_recipe
+
+    real, calls = loop.train_step, []
+
+    def dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == die_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        relora_run(tmp_path, shared, "cut", header=EVERY_STEP)
+    monkeypatch.setattr(loop, "train_step", real)
+    resumed = build_run(load_recipe(tmp_path / "cut" / "small.yaml"), "cut", tmp_path / "cut" / "out", resume=True)
+    loop.train(resumed)
+    assert records(resumed, "train") == records(whole, "train")
+    assert [r["event"] for r in records(resumed, "relora")] == [r["event"] for r in records(whole, "relora")]
+    for (name, p), q in zip(whole.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q), name

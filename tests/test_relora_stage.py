@@ -113,3 +113,74 @@ def test_resume_inside_a_relora_cycle_equals_uninterrupted(whole, tmp_path, shar
     assert [r["event"] for r in records(resumed, "relora")] == [r["event"] for r in records(whole, "relora")]
     for (name, p), q in zip(whole.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("relora,trainable,expected", [
+    ("merge_every_tokens: 128", "all", "relora.merge_every_tokens: 128 is less than one optimizer step"),
+    ("merge_every_tokens: 384", "all", "relora.merge_every_tokens: 384 is not a whole number of optimizer steps"),
+    ("merge_every_tokens: 1024, warm_start: 512", "all", "relora.merge_every_tokens: 1024 does not divide"),
+    ("merge_every_tokens: 512, warm_start: 2048", "all", "relora.warm_start: 2048 leaves no LoRA phase"),
+    ("merge_every_tokens: 512, restart_warmup_tokens: 768", "all", "relora.restart_warmup_tokens: 768 is longer"),
+    ("merge_every_tokens: 512", "norms", "relora: the stage freezes the layers ReLoRA trains"),
+    ("merge_every_tokens: 512, prune: {ratio: 1.5}", "all", "relora.prune.ratio: Input should be less than or equal to 1"),
+    ("merge_every_tokens: 512, rank: 0", "all", "relora.rank: Input should be greater than or equal to 1"),
+])
+def test_bad_relora_fields_are_one_line_naming_stage_and_field(tmp_path, shared, relora, trainable, expected):
+    from cpt.errors import RecipeError
+
+    with pytest.raises(RecipeError) as e:
+        small_recipe(tmp_path, shared, f"""
+  - {{name: b, tokens: 2048, mix: {{stories: 1.0}}, trainable: [{trainable}], relora: {{{relora}}}}}""")
+    assert len(e.value.problems) == 1 and "\n" not in str(e.value)
+    assert f"stages[0] (b).{expected}" in str(e.value) or f"stages[0].{expected}" in str(e.value)
+
+
+@pytest.mark.parametrize("relora,trainable,expected", [
+    ("targets: [nope]", "all", "stages[0] (b).relora.targets: nope match no linear layer of LlamaForCausalLM; its "
+                               "linear layers are named down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj"),
+    ("rank: 33", "all", "stages[0] (b).relora.rank: 33 is larger than model.layers.0.self_attn.k_proj (64 x 32); "
+                        "choose at most 32"),
+    ("targets: [q_proj, lm_head]", "layers", "stages[0] (b).relora.targets: lm_head is frozen by the stage's trainable"),
+])
+def test_relora_that_does_not_fit_the_model_stops_before_training(tmp_path, shared, relora, trainable, expected):
+    import subprocess
+    import sys
+
+    small_recipe(tmp_path, shared, f"""
+  - {{name: b, tokens: 2048, mix: {{stories: 1.0}}, trainable: [{trainable}],
+     relora: {{rank: 4, merge_every_tokens: 512, {relora}}}}}""".replace("rank: 4, merge_every_tokens: 512, rank: 33",
+                                                                    "merge_every_tokens: 512, rank: 33"))
+    res = subprocess.run([sys.executable, "-m", "cpt.cli", "run", tmp_path / "small.yaml", "--out", tmp_path / "o"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and expected in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "o" / "checkpoints").exists() or not any((tmp_path / "o" / "checkpoints").iterdir())
+
+
+def test_init_from_a_checkpoint_inside_a_cycle_starts_from_the_merged_weights(whole, shared):
+    """`init:` naming a checkpoint written with the adapters on (`step-N`, a `@pre-cooldown` in
+    the LoRA phase) loads the plain model that computes what the adapted one computed."""
+    from types import SimpleNamespace
+
+    from cpt.checkpoint.manager import CheckpointManager
+    from cpt.model import relora
+    from transformers import AutoModelForCausalLM
+    from cpt.model.relora_cfg import ReLoRACfg
+    from cpt.train.relora import load_plain
+    from cpt.train.step import build_optimizer
+
+    path = whole.checkpoints.path("step-0000007")
+    adapted = AutoModelForCausalLM.from_pretrained(shared / "models" / "stories260K")
+    opt = build_optimizer(adapted, whole.recipe.optimizer)
+    layers = relora.wrap(adapted, ReLoRACfg(rank=4, alpha=8, merge_every_tokens=512))
+    opt.add_param_group({"params": relora.lora_params(layers), "weight_decay": 0.0})
+    CheckpointManager.load(path, adapted, opt)
+    assert all(layer.lora_B["default"].weight.abs().sum() > 0 for layer in layers)  # mid-cycle: B is not zero
+    plain = AutoModelForCausalLM.from_pretrained(shared / "models" / "stories260K")
+    run = SimpleNamespace(checkpoints=whole.checkpoints, model=plain, optimizer=build_optimizer(plain, whole.recipe.optimizer),
+                          dist=whole.dist)
+    load_plain(run, path)
+    assert not any("lora" in n for n, _ in plain.named_parameters())
+    ids = torch.arange(40).view(2, 20)
+    adapted.eval()
+    plain.eval()
+    torch.testing.assert_close(plain(input_ids=ids).logits, adapted(input_ids=ids).logits, rtol=1e-5, atol=1e-5)

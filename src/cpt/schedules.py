@@ -333,7 +333,9 @@ class Segment:
                 shape = "" if p.name == "warmup" else f" {p.shape}"
                 parts.append(f"{p.name}{shape} {self.curve.lr(lo):.4g} -> {self.curve.lr(hi):.4g} over {n}")
         if self.restarts and self.rewarm:
-            parts.append(f"jagged: x a re-warmup over {self.rewarm:,} tokens after {len(self.restarts)} restart(s)")
+            at = ", ".join(f"{r:,}" for r in self.restarts[:4]) + (", ..." if len(self.restarts) > 4 else "")
+            parts.append(f"jagged (ReLoRA): x a linear re-warmup over {self.rewarm:,} tokens after {at} "
+                         f"({len(self.restarts)} restarts)")
         return ", ".join(parts)
 
 

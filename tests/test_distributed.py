@@ -368,3 +368,63 @@ def test_nproc_that_does_not_split_the_batch_is_refused_before_launch(tmp_path, 
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert "stages[0] (a): batch_tokens: 8 samples a step do not split into micro_batch 2 x 3 ranks" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_relora_under_two_ranks_merges_like_one_process(tmp_path, shared):
+    """A ReLoRA stage (warm start, two merges with 90% of the moments pruned, `hard` buffer
+    scoring) under FSDP2 with 2 ranks: each rank merges s.B.A into its shard of W. The losses,
+    the pruned shares and the weights, merged (the export) and mid-cycle (a checkpoint's base
+    weights, adapters and moments), are those of one process. Random pruning: magnitude pruning
+    is discontinuous at its threshold, where the last bits of a moment summed in another order
+    can choose another entry (the losses still agree; the weights then differ by ~LR there)."""
+    import yaml
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    stories = {"paths": [f"{shared}/corpora/en/tinystories.txt"], "separator": "<|endoftext|>"}
+    wiki = {"paths": [f"{shared}/corpora/en/wikipedia_en.txt"], "format": "lines"}
+    recipe = {"model": {"path": f"{shared}/models/stories260K"}, "seq_len": 64, "micro_batch": 2, "batch_tokens": 512,
+              "optimizer": {"lr": 2.0e-3, "weight_decay": 0.1}, "validation": {"tokens_per_source": 512},
+              "sources": {"stories": stories, "wiki": wiki}, "checkpoint": {"every_tokens": 1536},
+              "stages": [{"name": "r", "tokens": 4096, "mix": {"stories": 0.5, "wiki": 0.5},
+                          "schedule": {"kind": "cosine", "warmup": 0.125},
+                          "relora": {"rank": 4, "alpha": 8, "merge_every_tokens": 1024, "warm_start": 1024,
+                                     "restart_warmup_tokens": 512, "prune": {"method": "random", "ratio": 0.9}},
+                          "buffer_add": {"source": "wiki", "tokens": 1000, "policy": "hard"}}]}
+    path = tmp_path / "relora.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    outs = {n: tmp_path / f"w{n}" for n in (1, 2)}
+    for n, out in outs.items():
+        res = cpt_run(1, path, "--out", out, "--nproc", str(n))
+        assert res.returncode == 0, res.stderr[-3000:]
+    a, b = records(outs[1], "train"), records(outs[2], "train")
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["batch_crc32"] == x["batch_crc32"]
+    events = [records(o, "relora") for o in outs.values()]
+    assert [e["event"] for e in events[1]] == ["start", "merge", "merge", "end"]
+    assert [e.get("pruned") for e in events[0]] == [e.get("pruned") for e in events[1]]
+    assert close(records(outs[1], "eval"), records(outs[2], "eval"))
+    docs = [json.loads((o / "buffer" / "manifest.json").read_text())["additions"][0]["documents"] for o in outs.values()]
+    assert docs[0] == docs[1]
+    ends = [load_file(o / "model" / "model.safetensors") for o in outs.values()]
+    assert ends[0].keys() == ends[1].keys() and not any("lora" in k for k in ends[0])
+    for k in ends[0]:  # Adam divides by sqrt(v): a gradient summed in another order moves a few entries ~1e-6
+        torch.testing.assert_close(ends[1][k], ends[0][k], rtol=1e-4, atol=1e-5)
+    mid = []
+    for o in outs.values():  # step 6 (3,072 tokens): at the second merge point, B trained for 2 steps
+        dcp_to_torch_save(o / "checkpoints" / "step-0000006" / "state", tmp_path / f"{o.name}.pt")
+        mid.append(torch.load(tmp_path / f"{o.name}.pt", weights_only=False))
+    flat = [{k: v for k, v in _flatten(m).items() if torch.is_tensor(v)} for m in mid]
+    assert any("lora_B" in k for k in flat[0]) and any("base_layer" in k for k in flat[0])
+    assert flat[0].keys() == flat[1].keys()
+    for k in flat[0]:
+        if k.startswith("model.") or k.startswith("optim.state"):
+            torch.testing.assert_close(flat[1][k], flat[0][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out

@@ -108,12 +108,15 @@ def reshard(model: nn.Module) -> None:
 
 def full_state(model: nn.Module, d: Dist) -> dict | None:
     """The whole model's weights on rank 0's CPU, gathered from the shards (None unsharded: the
-    model's own state is whole)."""
+    model's own state is whole). A tied matrix appears once, under its first name, as in the
+    export of one process (the state dict names it twice)."""
     if d.world == 1:
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    once = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    return {k: v for k, v in state.items() if k in once}
 
 
 def load_full_state(model: nn.Module, state: dict, d: Dist) -> None:

@@ -12,10 +12,10 @@ merge ourselves:
   same on every rank and on a resume; B <- 0, so s.B.A = 0 and the model's function is unchanged;
 - under FSDP2 the adapters are not sharded (created after `fully_shard`, whole on every rank, their
   gradients averaged like row training's, rows.py); W is, and each rank merges into its shard;
-- prune: the chosen share of A's and B's `exp_avg` / `exp_avg_sq` is zeroed, chosen by magnitude
-  (exactly that many entries: ties cannot zero a whole tensor), at random, or all of it. The
-  optimizer state is looked up by Parameter, never by name (axolotl's reset pruned nothing for
-  months because it indexed by name).
+- prune: the chosen share of A's and B's entries lose both moments (`exp_avg`, `exp_avg_sq`),
+  chosen by the magnitude of the first moment (exactly that many entries: ties cannot zero a
+  whole tensor), at random, or all of them. The optimizer state is looked up by Parameter, never
+  by name (axolotl's reset pruned nothing for months because it indexed by name).
 """
 
 from __future__ import annotations
@@ -123,25 +123,29 @@ def merge(layers: list[nn.Module], optimizer: torch.optim.Optimizer | None, prun
         return 0.0
     zero = total = 0
     for p in lora_params(layers):
-        state = optimizer.state.get(p, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                t = state[key]
-                _prune(t, prune, gen)
-                zero, total = zero + int((t == 0).sum()), total + t.numel()
+        moments = [t for key, t in optimizer.state.get(p, {}).items() if key in ("exp_avg", "exp_avg_sq")]
+        if moments:
+            _prune(moments, prune, gen)
+            zero += sum(int((t == 0).sum()) for t in moments)
+            total += sum(t.numel() for t in moments)
     return zero / total if total else 0.0
 
 
-def _prune(t: torch.Tensor, cfg: PruneCfg, gen: torch.Generator) -> None:
-    k = round(cfg.ratio * t.numel()) if cfg.method != "reset" else t.numel()
+def _prune(moments: list[torch.Tensor], cfg: PruneCfg, gen: torch.Generator) -> None:
+    """Zero `ratio` of a parameter's entries in both moments: exactly round(ratio x n) entries,
+    chosen by the smallest |exp_avg| (ties by position) or at random. An entry loses both moments
+    or neither: with its second moment gone and its first kept, its next step would be
+    m / sqrt((1 - beta2) g^2), some 30 times a normal Adam step."""
+    n = moments[0].numel()
+    k = round(cfg.ratio * n) if cfg.method != "reset" else n
     if k <= 0:
         return
-    flat = t.view(-1)
     if cfg.method == "random":
-        idx = torch.randperm(t.numel(), generator=gen)[:k].to(t.device)
-    else:  # magnitude: exactly the k smallest (ties broken by position), or all of them
-        idx = flat.abs().topk(k, largest=False, sorted=False).indices
-    flat[idx] = 0
+        idx = torch.randperm(n, generator=gen)[:k].to(moments[0].device)
+    else:  # magnitude of the first moment (all entries for `reset`)
+        idx = moments[0].view(-1).abs().topk(k, largest=False, sorted=False).indices
+    for t in moments:
+        t.view(-1)[idx] = 0
 
 
 @torch.no_grad()

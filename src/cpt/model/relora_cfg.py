@@ -10,9 +10,9 @@ from ..config import MAX_TOKENS, Strict
 
 
 class PruneCfg(Strict):
-    """What happens to the LoRA parameters' Adam moments at each merge: `magnitude` zeroes the
-    `ratio` share with the smallest magnitudes (the paper: 0.99), `random` a random share,
-    `reset` all of them. Other parameters' moments are never touched."""
+    """What happens to the LoRA parameters' Adam moments at each merge: `magnitude` zeroes both
+    moments of the `ratio` share of entries whose first moments are smallest (the paper: 0.99),
+    `random` of a random share, `reset` of all. Other parameters' moments are never touched."""
 
     method: Literal["magnitude", "random", "reset"] = "magnitude"
     ratio: float = Field(0.99, ge=0.0, le=1.0)

@@ -320,28 +320,34 @@ STYLE = {"full": ("black", "o"), "lora": ("tab:blue", "s"), "relora": ("tab:red"
 
 
 def plot_a(results: dict, names: dict, path: Path, merges: dict) -> None:
+    """Rows: the two LRs; columns: the new domain and TinyStories. Curves that leave the plot's
+    range (a run that diverged) are clipped and say so in the legend."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for key, (variant, lr) in names.items():
-        res = results.get(key)
-        if res is None:
-            continue
-        colour, marker = STYLE[variant]
-        ls = "-" if lr == LRS[0] else "--"
-        ev = res["evals"]
-        for ax, src in zip(axes, ("math", "stories")):
-            ax.plot([e["tokens"] for e in ev], [e["val_loss"][src] for e in ev], color=colour, marker=marker, ms=3,
-                    linestyle=ls, label=f"{variant}, lr {lr:g}")
-    for ax in axes:
-        for t in merges.get("relora", []):
-            ax.axvline(t, color="tab:red", alpha=0.15, lw=3)
-        ax.set_xlabel("training tokens (shaded: ReLoRA's merges)")
-        ax.set_ylabel("val loss (nats/token)")
-        ax.grid(alpha=0.3)
-    axes[0].set_title("gsm8k questions (new domain): adaptation")
-    axes[1].set_title("TinyStories (D0): forgetting")
-    axes[1].legend(fontsize=7, ncol=2)
+    caps = {"math": 3.8, "stories": 2.7}
+    fig, axes = plt.subplots(len(LRS), 2, figsize=(12, 4.2 * len(LRS)), sharex=True)
+    for row, lr in zip(axes, LRS):
+        for key, (variant, run_lr) in names.items():
+            res = results.get(key)
+            if res is None or run_lr != lr:
+                continue
+            colour, marker = STYLE[variant]
+            ev = res["evals"]
+            for ax, src in zip(row, ("math", "stories")):
+                ys = [e["val_loss"][src] for e in ev]
+                off = " (leaves the plot)" if max(ys) > caps[src] else ""
+                ax.plot([e["tokens"] for e in ev], ys, color=colour, marker=marker, ms=3,
+                        linestyle="--" if "reset" in variant else "-", label=variant + off)
+        for ax, src, title in zip(row, ("math", "stories"), ("gsm8k questions (new domain)", "TinyStories (D0)")):
+            for t in merges.get("relora", []):
+                ax.axvline(t, color="tab:red", alpha=0.12, lw=3)
+            ax.set_ylim(top=caps[src])
+            ax.set_ylabel("val loss (nats/token)")
+            ax.set_title(f"{title}, LR {lr:g}")
+            ax.grid(alpha=0.3)
+        row[1].legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("training tokens (shaded: ReLoRA's merges; warm start: the last two)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -362,6 +368,7 @@ def plot_diag(results: dict, keys: dict, path: Path) -> None:
         if pts:
             axes[1].plot(*zip(*pts), color=colour, label=label)
     axes[0].set_ylabel("grad norm before clipping (trainable parameters)")
+    axes[0].set_yscale("log")
     axes[1].set_ylabel("max |A| over the adapters")
     axes[1].set_yscale("log")
     for ax in axes:
@@ -463,7 +470,10 @@ def main() -> None:
               for v in every if key_a(v, LRS[0]) in results}
     plot_a(results, runs_a, plots / "relora-curves.png", merges)
     plot_diag(results, {key_a("full", LRS[0]): "full rank", key_a("relora", LRS[0]): "ReLoRA, magnitude prune 0.99",
-                        key_a("relora-reset", LRS[0]): "ReLoRA, moments reset"}, plots / "relora-merges.png")
+                        key_a("relora-reset", LRS[0]): "ReLoRA, moments reset",
+                        key_a("relora-ws", LRS[0]): "ReLoRA + warm start, magnitude prune 0.99",
+                        key_a("relora-ws-reset", LRS[0]): "ReLoRA + warm start, moments reset"},
+              plots / "relora-merges.png")
     plot_b(results, plots / "relora-eeve.png")
     rel = os.path.relpath(plots, doc.parent)
     ex = recipe_a(VARIANTS["relora-ws"], LRS[0], tokens_a, data, work)["stages"][0]["relora"]

@@ -69,3 +69,20 @@ def test_multinode_launch_scripts_run_cpt_through_torchrun_rendezvous(script, tm
                          env=env, cwd=root, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "out" / "summary.json").is_file() and (tmp_path / "out" / "model" / "config.json").is_file()
+
+
+def test_eeve_relora_example_puts_relora_on_the_stages_that_train_the_layers(shared, tmp_path, capsys):
+    """examples/eeve/vietnamese-relora.yaml on an extended stories260K (the folder vietnamese.sh
+    makes): eeve expands into four stages; the last two, and only they, merge adapters."""
+    from conftest import extended_model
+
+    recipe = EXAMPLES[0].parent / "eeve" / "vietnamese-relora.yaml"
+    text = recipe.read_text().replace("../../runs/eeve-vi/model", str(extended_model(shared, tmp_path)))
+    text = text.replace("../../../shared/data", str(shared))
+    (tmp_path / "r.yaml").write_text(text)
+    assert main(["plan", str(tmp_path / "r.yaml")]) == 0
+    out = capsys.readouterr().out
+    stages = out.split("\nstage ")[1:]
+    assert [s.split(":")[0] for s in stages] == ["vi.eeve1-3", "vi.eeve4-5", "vi.eeve6", "vi"]
+    assert ["relora:" in s for s in stages] == [False, False, True, True]
+    assert "merges at 65,536, 98,304, 131,072, 163,840, 196,608, 229,376" in stages[3]

@@ -95,8 +95,11 @@ def main() -> None:
     p.add_argument("--micro", type=int, default=4)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--variant", choices=["full", "relora"], help=argparse.SUPPRESS)  # one program, in a child
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.variant:
         print(json.dumps(measure(args)))
         return

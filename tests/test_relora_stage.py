@@ -3,6 +3,7 @@ points with the LR re-warmed, a resume inside a cycle equal to the run never sto
 and the export plain, and bad input refused before any training."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,13 +25,38 @@ STAGES = """
 EVERY_STEP = "checkpoint: {every_tokens: 256}"
 
 
-def relora_run(tmp_path, shared, name: str, header: str = ""):
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory, shared) -> dict[str, Path]:
+    """The heads of the shared corpora: enough tokens, a fraction of the tokenizing time."""
+    d = tmp_path_factory.mktemp("corpora")
+    stories = (shared / "corpora/en/tinystories.txt").read_text()[:300_000]
+    (d / "stories.txt").write_text(stories)
+    math = (shared / "corpora/math/gsm8k_train.jsonl").read_text().splitlines()[:1500]
+    (d / "math.jsonl").write_text("\n".join(math) + "\n")
+    return {"stories": d / "stories.txt", "math": d / "math.jsonl"}
+
+
+def relora_run(tmp_path, shared, corpora, name: str, header: str = ""):
     from cpt.build import build_run
+    from cpt.recipe import load_recipe
     from cpt.train.loop import train
 
     (tmp_path / name).mkdir(parents=True)
-    recipe = small_recipe(tmp_path / name, shared, STAGES, header=header)
-    run = build_run(recipe, name, tmp_path / name / "out", resume=False)
+    path = tmp_path / name / "small.yaml"
+    path.write_text(f"""
+model: {{path: {shared}/models/stories260K}}
+seq_len: 64
+micro_batch: 4
+batch_tokens: 256
+optimizer: {{lr: 1.0e-3}}
+validation: {{tokens_per_source: 1024}}
+sources:
+  stories: {{paths: [{corpora["stories"]}], separator: "<|endoftext|>"}}
+  math: {{paths: [{corpora["math"]}], template: "{{question}}"}}
+{header}
+stages:
+{STAGES}""")
+    run = build_run(load_recipe(path), name, tmp_path / name / "out", resume=False)
     train(run)
     return run
 
@@ -44,8 +70,8 @@ def records(run, kind: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory, shared):
-    return relora_run(tmp_path_factory.mktemp("relora"), shared, "whole", header=EVERY_STEP)
+def whole(tmp_path_factory, shared, corpora):
+    return relora_run(tmp_path_factory.mktemp("relora"), shared, corpora, "whole", header=EVERY_STEP)
 
 
 def test_adapters_go_on_after_the_warm_start_and_merge_at_their_points(whole):
@@ -87,7 +113,7 @@ def test_final_checkpoint_and_export_are_the_plain_model(whole, shared):
 
 
 @pytest.mark.parametrize("die_at", [6, 9])
-def test_resume_inside_a_relora_cycle_equals_uninterrupted(whole, tmp_path, shared, monkeypatch, die_at):
+def test_resume_inside_a_relora_cycle_equals_uninterrupted(whole, tmp_path, shared, corpora, monkeypatch, die_at):
     """Killed at step 6 (resumed from step 5's checkpoint, in the middle of the first cycle) or
     at step 9 (resumed from step 8's, at a merge point: the checkpoint holds the unmerged adapters
     and the resumed run merges first): the same losses and weights as the run never stopped."""
@@ -105,7 +131,7 @@ def test_resume_inside_a_relora_cycle_equals_uninterrupted(whole, tmp_path, shar
 
     monkeypatch.setattr(loop, "train_step", dies)
     with pytest.raises(KeyboardInterrupt):
-        relora_run(tmp_path, shared, "cut", header=EVERY_STEP)
+        relora_run(tmp_path, shared, corpora, "cut", header=EVERY_STEP)
     monkeypatch.setattr(loop, "train_step", real)
     resumed = build_run(load_recipe(tmp_path / "cut" / "small.yaml"), "cut", tmp_path / "cut" / "out", resume=True)
     loop.train(resumed)
@@ -143,17 +169,26 @@ def test_bad_relora_fields_are_one_line_naming_stage_and_field(tmp_path, shared,
     ("targets: [q_proj, lm_head]", "layers", "stages[0] (b).relora.targets: lm_head is frozen by the stage's trainable"),
 ])
 def test_relora_that_does_not_fit_the_model_stops_before_training(tmp_path, shared, relora, trainable, expected):
+    """Checked against the model when the run is built, before the data is read: in-process,
+    and through `cpt run` once (exit code 2, one line)."""
     import subprocess
     import sys
 
-    small_recipe(tmp_path, shared, f"""
-  - {{name: b, tokens: 2048, mix: {{stories: 1.0}}, trainable: [{trainable}],
-     relora: {{rank: 4, merge_every_tokens: 512, {relora}}}}}""".replace("rank: 4, merge_every_tokens: 512, rank: 33",
-                                                                    "merge_every_tokens: 512, rank: 33"))
-    res = subprocess.run([sys.executable, "-m", "cpt.cli", "run", tmp_path / "small.yaml", "--out", tmp_path / "o"],
-                         capture_output=True, text=True)
-    assert res.returncode == 2 and expected in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert not (tmp_path / "o" / "checkpoints").exists() or not any((tmp_path / "o" / "checkpoints").iterdir())
+    from cpt.build import build_run
+    from cpt.errors import CptError
+
+    fields = f"rank: 4, merge_every_tokens: 512, {relora}".replace("rank: 4, merge_every_tokens: 512, rank: 33",
+                                                                   "merge_every_tokens: 512, rank: 33")
+    recipe = small_recipe(tmp_path, shared, f"""
+  - {{name: b, tokens: 2048, mix: {{stories: 1.0}}, trainable: [{trainable}], relora: {{{fields}}}}}""")
+    with pytest.raises(CptError) as e:
+        build_run(recipe, "", tmp_path / "o", resume=False)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "o" / "data").exists() and not (tmp_path / "o" / "checkpoints").exists()
+    if relora.startswith("targets: [nope]"):
+        res = subprocess.run([sys.executable, "-m", "cpt.cli", "run", tmp_path / "small.yaml", "--out", tmp_path / "p"],
+                             capture_output=True, text=True)
+        assert res.returncode == 2 and expected in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_init_from_a_checkpoint_inside_a_cycle_starts_from_the_merged_weights(whole, shared):

@@ -219,3 +219,21 @@ def test_init_from_a_checkpoint_inside_a_cycle_starts_from_the_merged_weights(wh
     adapted.eval()
     plain.eval()
     torch.testing.assert_close(plain(input_ids=ids).logits, adapted(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_cpt_schedule_writes_the_jagged_lr_and_plan_the_merge_points(tmp_path, shared, capsys):
+    from cpt.cli import main
+
+    small_recipe(tmp_path, shared, STAGES)
+    assert main(["schedule", str(tmp_path / "small.yaml"), "--csv", str(tmp_path / "lr.csv")]) == 0
+    rows = [line.split(",") for line in (tmp_path / "lr.csv").read_text().splitlines()[1:]]
+    b = [float(r[3]) for r in rows if r[0] == "b"]
+    # cosine from 1e-3 (warmup 256 tokens) to 1e-4 over 2,048 tokens, x 0.5 on the first step after
+    # each restart (512: the adapters go on; 1,024 and 1,536: merges), re-warm 512 tokens = 2 steps
+    import math
+    cos = [1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * (t - 256) / 1792)) for t in range(256, 2049, 256)]
+    assert b == pytest.approx([c * f for c, f in zip(cos, [1, 1, 0.5, 1, 0.5, 1, 0.5, 1])], rel=1e-12)
+    assert main(["plan", str(tmp_path / "small.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert ("relora: full rank for 512 tokens, then rank 4 adapters on attention and MLP linears; merges at "
+            "1,024, 1,536; LR re-warms over 512 tokens after each; merged into the plain model at 2,048") in out

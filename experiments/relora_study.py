@@ -179,10 +179,24 @@ def meter_hook():
     return Meter()
 
 
+RELORA_SOURCES = ("src/cpt/model/relora.py", "src/cpt/model/relora_cfg.py", "src/cpt/train/relora.py")
+
+
+def relora_code() -> str:
+    """A fingerprint of the ReLoRA code: a run with `relora:` is redone when it changes (pruning
+    changed under this study once: see docs/relora-study.md)."""
+    h = hashlib.sha256()
+    for f in RELORA_SOURCES:
+        h.update((REPO / f).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def run_one(name: str, recipe: dict, work: Path, results: dict, save) -> dict:
-    """Run `recipe` into work/runs/name unless results.json holds this very recipe's result."""
+    """Run `recipe` into work/runs/name unless results.json holds this very recipe's result (and,
+    for a ReLoRA run, one made by the same ReLoRA code)."""
     text = yaml.safe_dump(recipe, sort_keys=False)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    code = relora_code() if any("relora" in st for st in recipe["stages"]) else ""
+    digest = hashlib.sha256((text + code).encode()).hexdigest()[:16]
     if results.get(name, {}).get("recipe_sha") == digest:
         return results[name]
     from cpt.build import build_run

@@ -167,7 +167,7 @@ def relora_line(c, total: int) -> str:
     points = c.merge_points(total)
     shown = ", ".join(f"{t:,}" for t in points[:8]) + (f", ... ({len(points)} in all)" if len(points) > 8 else "")
     warm = f"full rank for {c.warm_start:,} tokens, then " if c.warm_start else ""
-    rewarm = f"; LR re-warms over {c.restart_warmup_tokens:,} tokens after each" if c.restart_warmup_tokens else ""
+    rewarm = f"; LR re-warms over {c.rewarm_tokens:,} tokens after each" if c.rewarm_tokens else ""
     return (f"relora: {warm}rank {c.rank} adapters on {', '.join(c.targets) if c.targets else 'attention and MLP linears'}; "
             f"merges at {shown or 'no point inside the stage'}{rewarm}; merged into the plain model at {total:,} "
             f"(prune {c.prune.method} {c.prune.ratio:g})")

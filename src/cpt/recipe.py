@@ -439,7 +439,7 @@ def _check_relora(r: Recipe, st: StageCfg, where: str) -> list[str]:
     elif not problems and (total - c.warm_start) % c.merge_every_tokens:
         p(f"{where}.merge_every_tokens: {c.merge_every_tokens} does not divide the stage's LoRA phase "
           f"({total} tokens - warm_start {c.warm_start}); choose a divisor, or change the stage's tokens")
-    if c.restart_warmup_tokens > c.merge_every_tokens:
+    if c.restart_warmup_tokens is not None and c.restart_warmup_tokens > c.merge_every_tokens:
         p(f"{where}.restart_warmup_tokens: {c.restart_warmup_tokens} is longer than a cycle (merge_every_tokens = "
           f"{c.merge_every_tokens})")
     if c.targets is None and not {"all", "layers"} & set(st.trainable):

@@ -391,9 +391,9 @@ def plan_segments(recipe: Recipe) -> list[Segment]:
 
 
 def _jagged(st, total: int) -> dict:
-    if st.relora is None or not st.relora.restart_warmup_tokens:
+    if st.relora is None or not st.relora.rewarm_tokens:
         return {}
-    return {"restarts": tuple(st.relora.restarts(total)), "rewarm": st.relora.restart_warmup_tokens}
+    return {"restarts": tuple(st.relora.restarts(total)), "rewarm": st.relora.rewarm_tokens}
 
 
 def _inherited(recipe: Recipe, i: int, segments: list[Segment]) -> tuple[float, int | None]:

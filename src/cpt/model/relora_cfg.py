@@ -30,8 +30,16 @@ class ReLoRACfg(Strict):
     targets: list[str] | None = None
     merge_every_tokens: int = Field(gt=0, le=MAX_TOKENS)
     prune: PruneCfg = PruneCfg()
-    restart_warmup_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
+    # None: 2% of a cycle (the paper re-warms over 50-100 of its 5,000-step cycles); 0: no re-warmup
+    restart_warmup_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS)
     warm_start: int = Field(0, ge=0, le=MAX_TOKENS)
+
+    @property
+    def rewarm_tokens(self) -> int:
+        """The re-warmup after each restart: as given, else 2% of a cycle. Pruned moments make the
+        next steps of the pruned entries up to ~3x a normal Adam step; the paper's jagged schedule
+        is what keeps that from diverging."""
+        return self.merge_every_tokens // 50 if self.restart_warmup_tokens is None else self.restart_warmup_tokens
 
     def merge_points(self, total: int) -> list[int]:
         """Stage tokens after which the adapters merge inside a stage of `total` tokens (the merge

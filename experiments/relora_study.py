@@ -182,21 +182,28 @@ def meter_hook():
 RELORA_SOURCES = ("src/cpt/model/relora.py", "src/cpt/model/relora_cfg.py", "src/cpt/train/relora.py")
 
 
-def relora_code() -> str:
-    """A fingerprint of the ReLoRA code: a run with `relora:` is redone when it changes (pruning
-    changed under this study once: see docs/relora-study.md)."""
+def provenance() -> dict:
+    """What code made a run: the commit and a fingerprint of the ReLoRA sources (recorded, not used
+    to skip: a change to the ReLoRA code reruns nothing by itself; delete the run's entry in
+    results.json to redo it)."""
+    import subprocess
+
     h = hashlib.sha256()
     for f in RELORA_SOURCES:
         h.update((REPO / f).read_bytes())
-    return h.hexdigest()[:16]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", *RELORA_SOURCES], cwd=REPO,
+                                    capture_output=True, text=True).stdout.strip())
+    except OSError:
+        commit, dirty = "", False
+    return {"commit": commit, "relora_sources_modified": dirty, "relora_sources_sha": h.hexdigest()[:16]}
 
 
 def run_one(name: str, recipe: dict, work: Path, results: dict, save) -> dict:
-    """Run `recipe` into work/runs/name unless results.json holds this very recipe's result (and,
-    for a ReLoRA run, one made by the same ReLoRA code)."""
+    """Run `recipe` into work/runs/name unless results.json holds this very recipe's result."""
     text = yaml.safe_dump(recipe, sort_keys=False)
-    code = relora_code() if any("relora" in st for st in recipe["stages"]) else ""
-    digest = hashlib.sha256((text + code).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     if results.get(name, {}).get("recipe_sha") == digest:
         return results[name]
     from cpt.build import build_run
@@ -209,6 +216,7 @@ def run_one(name: str, recipe: dict, work: Path, results: dict, save) -> dict:
     path = work / "recipes" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    code = provenance()  # before the run: the code this process imported is the code on disk now
     t0 = time.time()
     loaded = load_recipe(path)
     run = build_run(loaded, text, out, False, recipe_path=path)
@@ -218,7 +226,7 @@ def run_one(name: str, recipe: dict, work: Path, results: dict, save) -> dict:
     finish(run)
     wall = time.time() - t0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    results[name] = {"recipe_sha": digest, "wall_s": wall, "summary": json.loads((out / "summary.json").read_text()),
+    results[name] = {"recipe_sha": digest, "code": code, "wall_s": wall, "summary": json.loads((out / "summary.json").read_text()),
                      "evals": [{k: r[k] for k in ("stage", "tag", "step", "tokens", "val_loss")}
                                for r in records if r["kind"] == "eval"],
                      "train": [{k: r.get(k) for k in ("stage", "step", "tokens", "lr", "loss", "grad_norm", "tokens_per_s")}

@@ -87,6 +87,7 @@ def test_unwrap_gives_back_the_plain_model_with_the_updates_in_it():
     before = model(input_ids=ids).logits
     unwrap(model, layers)
     assert list(model.state_dict()) == list(plain.state_dict())  # no lora_ or base_layer names
+    assert not hasattr(model, "peft_config")  # a later wrap starts clean
     torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)
 
 

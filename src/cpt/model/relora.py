@@ -135,7 +135,9 @@ def _prune(moments: list[torch.Tensor], cfg: PruneCfg, gen: torch.Generator) -> 
     """Zero `ratio` of a parameter's entries in both moments: exactly round(ratio x n) entries,
     chosen by the smallest |exp_avg| (ties by position) or at random. An entry loses both moments
     or neither: with its second moment gone and its first kept, its next step would be
-    m / sqrt((1 - beta2) g^2), some 30 times a normal Adam step."""
+    m / (sqrt((1 - beta2) g^2) + eps): some 30 times a normal Adam step, and unbounded for A on
+    the step after a merge, whose gradient is exactly 0 there (B = 0): m / eps. The study saw an
+    entry of A reach 863 (its draw is bounded by 0.125) before this."""
     n = moments[0].numel()
     k = round(cfg.ratio * n) if cfg.method != "reset" else n
     if k <= 0:
@@ -157,3 +159,4 @@ def unwrap(model: nn.Module, layers: list[nn.Module]) -> None:
         if any(module is layer for layer in layers):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+    model.__dict__.pop("peft_config", None)  # inject's record: a later wrap would warn it exists

@@ -7,6 +7,9 @@ from the stage's token count, so an action is never half-done in a checkpoint:
 - a merge is due when a merge point lies at or before the stage's tokens and has not happened yet
   (`merges` counts them): a checkpoint written at a merge point holds the unmerged adapters, and
   the run that resumes from it merges first, as the uninterrupted run did;
+- the wrapped weights' Adam moments (from a warm start or an earlier stage) are dropped when the
+  adapters go on: kept, they would hold two thirds of the memory full rank needs; a later stage
+  that trains those weights at full rank starts their moments fresh;
 - at the stage's end the adapters merge a last time and the plain layers come back, so `@final`
   and the export hold a plain model.
 A resume rebuilds the adapters before the checkpoint's tensors are loaded into them (`on_resume`).
@@ -69,6 +72,8 @@ class ReLoRA(Hook):
         where = f"stages[{index}] ({run.recipe.stages[index].name}).relora"
         self.layers = relora.wrap(run.model, cfg, _seed(run, index), where)
         self.stage, self.cfg = index, cfg
+        for layer in self.layers:  # frozen for the rest of the stage: their moments would hold the
+            run.optimizer.state.pop(layer.get_base_layer().weight, None)  # memory ReLoRA is for
         run.optimizer.add_param_group({"params": relora.lora_params(self.layers),
                                        "weight_decay": run.recipe.optimizer.weight_decay})
 

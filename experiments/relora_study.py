@@ -523,8 +523,8 @@ def main() -> None:
         "",
         "Adaptation = maths val loss fall over the run; forgetting = TinyStories val loss rise (nats/token). "
         "\"2 × 4 B × trainable\" is AdamW's two fp32 moments for what trains in the LoRA phase; \"held\" is what the "
-        "optimizer's state really holds, measured after every step (the full-rank warm start's moments of the "
-        "now-frozen weights stay there). Max |A|: the largest adapter entry at any step (the Kaiming draw's bound is 0.125).",
+        "optimizer's state really holds, measured after every step (LoRA phase: after the adapters go on, "
+        "which drops the moments of the weights they freeze; whole run: the warm start included). Max |A|: the largest adapter entry at any step (the Kaiming draw's bound is 0.125).",
         "",
         *table_a(rows, labels),
         "",

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -374,7 +375,8 @@ def test_relora_under_two_ranks_merges_like_one_process(tmp_path, shared):
     """A ReLoRA stage (warm start, two merges with 90% of the moments pruned, `hard` buffer
     scoring) under FSDP2 with 2 ranks: each rank merges s.B.A into its shard of W. The losses,
     the pruned shares and the weights, merged (the export) and mid-cycle (a checkpoint's base
-    weights, adapters and moments), are those of one process. Random pruning: magnitude pruning
+    weights, adapters and moments), are those of one process, and so is a resume by one process
+    from the 2 ranks' checkpoint in the middle of a cycle. Random pruning: magnitude pruning
     is discontinuous at its threshold, where the last bits of a moment summed in another order
     can choose another entry (the losses still agree; the weights then differ by ~LR there)."""
     import yaml
@@ -420,6 +422,16 @@ def test_relora_under_two_ranks_merges_like_one_process(tmp_path, shared):
     for k in flat[0]:
         if k.startswith("model.") or k.startswith("optim.state"):
             torch.testing.assert_close(flat[1][k], flat[0][k], rtol=1e-4, atol=1e-5, msg=k)
+    # the 2 ranks' checkpoint in the middle of the first cycle (step 3), resumed by one process
+    for name in ("step-0000006", "r@final"):
+        shutil.rmtree(outs[2] / "checkpoints" / name)
+    res = cpt_run(1, path, "--out", outs[2], "--resume")
+    assert res.returncode == 0 and "resuming from" in res.stdout + res.stderr, res.stderr[-3000:]
+    for x, y in zip(a, records(outs[2], "train"), strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+    resumed = load_file(outs[2] / "model" / "model.safetensors")
+    for k in ends[0]:
+        torch.testing.assert_close(resumed[k], ends[0][k], rtol=1e-4, atol=1e-5)
 
 
 def _flatten(d, prefix=""):

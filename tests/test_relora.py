@@ -97,3 +97,23 @@ def test_bad_targets_and_ranks_are_one_line():
         wrap(tiny(), ReLoRACfg(rank=4, targets=["qkv"], merge_every_tokens=64))
     with pytest.raises(CptError, match=r"relora.rank: 64 is larger than model.layers.0.self_attn.q_proj \(32 x 32\); choose at most 32"):
         wrap(tiny(), ReLoRACfg(rank=64, merge_every_tokens=64))
+
+
+def test_any_recipe_seed_draws_and_the_default_rewarm_is_two_steps_at_least():
+    model = tiny()
+    layers = wrap(model, ReLoRACfg(rank=4, merge_every_tokens=64), seed=2**64 - 1)  # the largest recipe seed
+    merge(layers, None, PruneCfg(), seed=2**64 - 1, merges=7)
+    cfg = ReLoRACfg(rank=4, merge_every_tokens=20 * 256)
+    assert cfg.rewarm_tokens(256) == 512  # 2% of 20 steps is under one: two steps
+    assert ReLoRACfg(rank=4, merge_every_tokens=5000 * 256).rewarm_tokens(256) == 100 * 256  # the paper's 2%
+    assert ReLoRACfg(rank=4, merge_every_tokens=256).rewarm_tokens(256) == 256  # never past a cycle
+    assert ReLoRACfg(rank=4, merge_every_tokens=512, restart_warmup_tokens=0).rewarm_tokens(256) == 0
+
+
+def test_a_target_tied_to_the_input_embedding_is_refused():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tied = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=4, tie_word_embeddings=True))
+    with pytest.raises(CptError, match=r"relora.targets: lm_head shares its weight with the input embedding"):
+        wrap(tied, ReLoRACfg(rank=4, targets=["q_proj", "lm_head"], merge_every_tokens=64))

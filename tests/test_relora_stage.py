@@ -153,6 +153,9 @@ def test_resume_inside_a_relora_cycle_equals_uninterrupted(whole, tmp_path, shar
     ("merge_every_tokens: 512", "norms", "relora: the stage freezes the layers ReLoRA trains"),
     ("merge_every_tokens: 512, prune: {ratio: 1.5}", "all", "relora.prune.ratio: Input should be less than or equal to 1"),
     ("merge_every_tokens: 512, rank: 0", "all", "relora.rank: Input should be greater than or equal to 1"),
+    ("merge_every_tokens: 1024, restart_warmup_tokens: 256", "all",
+     "relora.restart_warmup_tokens: 256 is less than two optimizer steps (512 tokens)"),
+    ("merge_every_tokens: 512, targets: []", "all", "relora.targets: List should have at least 1 item"),
 ])
 def test_bad_relora_fields_are_one_line_naming_stage_and_field(tmp_path, shared, relora, trainable, expected):
     from cpt.errors import RecipeError
@@ -166,10 +169,12 @@ def test_bad_relora_fields_are_one_line_naming_stage_and_field(tmp_path, shared,
 
 @pytest.mark.parametrize("relora,trainable,expected", [
     ("targets: [nope]", "all", "stages[0] (b).relora.targets: nope match no linear layer of LlamaForCausalLM; its "
-                               "linear layers are named down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj"),
+                               "linear layers are named down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"),
     ("rank: 33", "all", "stages[0] (b).relora.rank: 33 is larger than model.layers.0.self_attn.k_proj (64 x 32); "
                         "choose at most 32"),
-    ("targets: [q_proj, lm_head]", "layers", "stages[0] (b).relora.targets: lm_head is frozen by the stage's trainable"),
+    ("targets: [q_proj, lm_head]", "all", "stages[0] (b).relora.targets: lm_head shares its weight with the input "
+                                          "embedding (tied)"),
+    ("targets: [q_proj, embed_tokens]", "layers", "relora.targets: embed_tokens match no linear layer"),
 ])
 def test_relora_that_does_not_fit_the_model_stops_before_training(tmp_path, shared, relora, trainable, expected):
     """Checked against the model when the run is built, before the data is read: in-process,
@@ -216,8 +221,10 @@ def test_init_from_a_checkpoint_inside_a_cycle_starts_from_the_merged_weights(wh
     plain = AutoModelForCausalLM.from_pretrained(shared / "models" / "stories260K")
     run = SimpleNamespace(checkpoints=whole.checkpoints, model=plain, optimizer=build_optimizer(plain, whole.recipe.optimizer),
                           dist=whole.dist)
+    plain.model.norm.weight.requires_grad_(False)  # the starting stage's `trainable:`, applied before init
     load_plain(run, path)
     assert not any("lora" in n for n, _ in plain.named_parameters())
+    assert [n for n, p in plain.named_parameters() if not p.requires_grad] == ["model.norm.weight"]  # kept as it was
     ids = torch.arange(40).view(2, 20)
     adapted.eval()
     plain.eval()
@@ -240,3 +247,42 @@ def test_cpt_schedule_writes_the_jagged_lr_and_plan_the_merge_points(tmp_path, s
     out = capsys.readouterr().out
     assert ("relora: full rank for 512 tokens, then rank 4 adapters on attention and MLP linears; merges at "
             "1,024, 1,536; LR re-warms over 512 tokens after each; merged into the plain model at 2,048") in out
+
+
+def test_a_malformed_relora_state_in_a_checkpoint_is_one_line(whole, tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from cpt.errors import CptError
+    from cpt.train.relora import ReLoRA, load_plain
+
+    bad = tmp_path / "bad"
+    shutil.copytree(whole.checkpoints.path("step-0000007"), bad)
+    meta = json.loads((bad / "meta.json").read_text())
+    meta["hooks"]["relora"] = {"stage": 1, "merges": 1}  # no adapters
+    (bad / "meta.json").write_text(json.dumps(meta))
+    run = SimpleNamespace(checkpoints=whole.checkpoints, model=None, optimizer=None, dist=whole.dist)
+    with pytest.raises(CptError, match=r"meta.json: hooks.relora is not a ReLoRA state"):
+        load_plain(run, bad)
+    for state in ([1, 2], {"stage": "b", "merges": 1}, {"stage": 1, "merges": -1}):
+        with pytest.raises(ValueError):  # a resume turns it into one line naming meta.json
+            ReLoRA().load_state_dict(state)
+
+
+def test_relora_points_do_not_pass_the_jag_on_and_strategy4_is_refused(tmp_path, shared):
+    """A `@pre-cooldown` inside a re-warm records, and passes on, the schedule's LR (not the
+    jagged one); Strategy 4's LR-triggered split and ReLoRA's merges cannot share a stage."""
+    from cpt.errors import RecipeError
+    from cpt.schedules import plan_segments
+
+    r = small_recipe(tmp_path, shared, """
+  - {name: a, tokens: 2560, mix: {stories: 1.0}, schedule: {kind: wsd, lr: 1.0e-3, warmup: 0.1, decay: 0.4},
+     relora: {rank: 4, merge_every_tokens: 1280, restart_warmup_tokens: 512}}
+  - {name: b, tokens: 512, mix: {math: 1.0}, init: a@pre-cooldown}""")
+    a, b = plan_segments(r)
+    assert a.decay_start == 1536 and a.lr(1536) == pytest.approx(5e-4)  # halfway through the re-warm after 1,280
+    assert a.base_lr(1536) == b.start_lr == pytest.approx(1e-3)
+    with pytest.raises(RecipeError, match=r"stages\[0\].relora: not with strategy4"):
+        small_recipe(tmp_path, shared, """
+  - {name: a, tokens: 5120, new: [math], strategy: {name: strategy4, N: 10}, relora: {rank: 4, merge_every_tokens: 1280}}""",
+                     header="base_sources: [stories]")

@@ -162,12 +162,12 @@ def start_point_warnings(recipe: Recipe, segments: list[Segment]) -> list[str]:
     return out
 
 
-def relora_line(c, total: int) -> str:
+def relora_line(c, total: int, step: int) -> str:
     """Where a ReLoRA stage's adapters go on, merge and come off, in stage tokens."""
     points = c.merge_points(total)
     shown = ", ".join(f"{t:,}" for t in points[:8]) + (f", ... ({len(points)} in all)" if len(points) > 8 else "")
     warm = f"full rank for {c.warm_start:,} tokens, then " if c.warm_start else ""
-    rewarm = f"; LR re-warms over {c.rewarm_tokens:,} tokens after each" if c.rewarm_tokens else ""
+    rewarm = f"; LR re-warms over {c.rewarm_tokens(step):,} tokens after each" if c.rewarm_tokens(step) else ""
     return (f"relora: {warm}rank {c.rank} adapters on {', '.join(c.targets) if c.targets else 'attention and MLP linears'}; "
             f"merges at {shown or 'no point inside the stage'}{rewarm}; merged into the plain model at {total:,} "
             f"(prune {c.prune.method} {c.prune.ratio:g})")
@@ -196,7 +196,7 @@ def format_plan(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, SourceS
             lines.append(f"    batch {plan.batch:,} tokens per step; inherited LR x {plan.scale:.4g} ({st.lr_scaling})")
         lines.append(f"    lr {plan.schedule}")
         if st.relora is not None:
-            lines.append(f"    {relora_line(st.relora, plan.tokens)}")
+            lines.append(f"    {relora_line(st.relora, plan.tokens, plan.batch)}")
         for u in plan.uses:
             lines.append(f"    {u.name:<12} w {u.weight:<6g} {u.tokens:>14,} tokens  {u.unique:>14,} unique  "
                          f"{u.repeated:>14,} repeated  {u.epochs_end:6.2f} epochs at end")

@@ -397,7 +397,10 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         elif st.buffer_add is not None and st.buffer_add.tokens is not None and st.buffer_add.tokens < r.seq_len:
             p(f"{where}.buffer_add.tokens: {st.buffer_add.tokens} is less than one sample (seq_len = {r.seq_len})")
         problems += _check_init(r, i, where)
-        if st.relora is not None and (expanded or not preset):
+        if st.relora is not None and preset and isinstance(st.strategy, presets.Strategy4):
+            p(f"{where}.relora: not with strategy4, which splits the stage where the LR crosses a threshold (the "
+              "merges cannot tile both parts); give ReLoRA a stage of its own")
+        elif st.relora is not None and (expanded or not preset):
             problems += _check_relora(r, st, where)
         eeve = preset and isinstance(st.strategy, presets.Eeve)  # its trainable sets are checked expanded
         if st.optimizer_state == "reset-new" and not eeve and not _groups(st.trainable) - _groups(r.start_trainable(i)):
@@ -439,9 +442,12 @@ def _check_relora(r: Recipe, st: StageCfg, where: str) -> list[str]:
     elif not problems and (total - c.warm_start) % c.merge_every_tokens:
         p(f"{where}.merge_every_tokens: {c.merge_every_tokens} does not divide the stage's LoRA phase "
           f"({total} tokens - warm_start {c.warm_start}); choose a divisor, or change the stage's tokens")
-    if c.restart_warmup_tokens is not None and c.restart_warmup_tokens > c.merge_every_tokens:
-        p(f"{where}.restart_warmup_tokens: {c.restart_warmup_tokens} is longer than a cycle (merge_every_tokens = "
-          f"{c.merge_every_tokens})")
+    rewarm = c.restart_warmup_tokens
+    if rewarm is not None and rewarm > c.merge_every_tokens:
+        p(f"{where}.restart_warmup_tokens: {rewarm} is longer than a cycle (merge_every_tokens = {c.merge_every_tokens})")
+    elif rewarm and rewarm < 2 * batch:  # a step runs at the LR of the tokens it completes
+        p(f"{where}.restart_warmup_tokens: {rewarm} is less than two optimizer steps ({2 * batch} tokens): the "
+          "first step after a merge would run at the full LR; give at least two steps, or 0 for no re-warmup")
     if c.targets is None and not {"all", "layers"} & set(st.trainable):
         p(f"{where}: the stage freezes the layers ReLoRA trains (trainable: {', '.join(st.trainable)}); "
           "add `layers` to trainable, or remove relora")

@@ -298,6 +298,11 @@ class Segment:
     def lr(self, t: float) -> float:
         return self.curve.lr(self.offset + t) * self.rewarm_factor(t)
 
+    def base_lr(self, t: float) -> float:
+        """The schedule's LR without ReLoRA's re-warmup: what a checkpoint records and what a
+        stage starting from it inherits (the jag belongs to the ReLoRA stage, not to its points)."""
+        return self.curve.lr(self.offset + t)
+
     def rewarm_factor(self, t: float) -> float:
         """The jagged factor at stage tokens t: (t - r) / rewarm after the last restart r < t."""
         last = max((r for r in self.restarts if r < t), default=None)
@@ -372,7 +377,7 @@ def plan_segments(recipe: Recipe) -> list[Segment]:
     for i, st in enumerate(stages):
         step = recipe.stage_batch(st)
         total = recipe.stage_steps(st) * step
-        jag = _jagged(st, total)
+        jag = _jagged(st, total, step)
         if isinstance(st.schedule, ContinueSchedule):
             prev = segments[-1]
             segments.append(Segment(prev.curve, prev.offset + prev.total, total, prev.curve.lr(prev.offset + prev.total),
@@ -390,10 +395,10 @@ def plan_segments(recipe: Recipe) -> list[Segment]:
     return segments
 
 
-def _jagged(st, total: int) -> dict:
-    if st.relora is None or not st.relora.rewarm_tokens:
+def _jagged(st, total: int, step: int) -> dict:
+    if st.relora is None or not st.relora.rewarm_tokens(step):
         return {}
-    return {"restarts": tuple(st.relora.restarts(total)), "rewarm": st.relora.rewarm_tokens}
+    return {"restarts": tuple(st.relora.restarts(total)), "rewarm": st.relora.rewarm_tokens(step)}
 
 
 def _inherited(recipe: Recipe, i: int, segments: list[Segment]) -> tuple[float, int | None]:
@@ -408,7 +413,7 @@ def _inherited(recipe: Recipe, i: int, segments: list[Segment]) -> tuple[float, 
         j = recipe.stage_index(name)
         src = segments[j]
         # a stage whose decay began in an earlier stage has no pre-cooldown point (check_segments says so)
-        lr = src.end_lr if tag == "final" else src.lr(src.decay_start or 0)
+        lr = src.end_lr if tag == "final" else src.base_lr(src.decay_start or 0)
         return lr, recipe.stage_batch(recipe.stages[j])
     lr, batch = checkpoint_point(st.init_path)
     return (recipe.optimizer.lr if lr is None else lr), batch

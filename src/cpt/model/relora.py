@@ -45,11 +45,20 @@ def chosen(model: nn.Module, cfg: ReLoRACfg, where: str = "relora") -> dict[str,
     """The linear layers `targets` names (by full name or last component), checked: at least
     one, and `rank` no larger than the smallest of their dimensions."""
     targets = cfg.targets or default_targets(model)
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    embedding = model.get_input_embeddings()
+    tied = {n for n, m in model.named_modules() if isinstance(m, nn.Linear) and embedding is not None
+            and m.weight is embedding.weight}
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in tied}
     found = {n: m for n, m in linears.items() if n.rsplit(".", 1)[-1] in targets or n in targets}
-    if not found:
+    named_tied = [n for n in tied if n.rsplit(".", 1)[-1] in targets or n in targets]
+    if named_tied:  # a merge into the shared matrix would change the input embedding too
+        raise CptError(f"{where}.targets: {named_tied[0]} shares its weight with the input embedding (tied); "
+                       "leave it out (it trains at full rank with `trainable:`), or untie the model "
+                       "(cpt vocab init --untie)")
+    unknown = [t for t in targets if not any(n.rsplit(".", 1)[-1] == t or n == t for n in linears)]
+    if unknown:  # each name must mean something: a typo beside valid names would be dropped silently
         known = sorted({n.rsplit(".", 1)[-1] for n in linears})
-        raise CptError(f"{where}.targets: {', '.join(targets)} match no linear layer of {type(model).__name__}; "
+        raise CptError(f"{where}.targets: {', '.join(unknown)} match no linear layer of {type(model).__name__}; "
                        f"its linear layers are named {', '.join(known)}")
     small = min(found.items(), key=lambda kv: min(kv[1].in_features, kv[1].out_features))
     if cfg.rank > min(small[1].in_features, small[1].out_features):
@@ -88,7 +97,7 @@ def freeze(layers: list[nn.Module]) -> None:
 
 
 def _generator(seed: int, merges: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + merges)
+    return torch.Generator().manual_seed((seed * 1_000_003 + merges) % 2**63)  # any recipe seed fits
 
 
 @torch.no_grad()

@@ -27,19 +27,22 @@ class ReLoRACfg(Strict):
     rank: int = Field(128, ge=1, le=65536)
     alpha: float = Field(32.0, gt=0, le=1e6)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    targets: list[str] | None = None
+    targets: list[str] | None = Field(None, min_length=1)
     merge_every_tokens: int = Field(gt=0, le=MAX_TOKENS)
     prune: PruneCfg = PruneCfg()
     # None: 2% of a cycle (the paper re-warms over 50-100 of its 5,000-step cycles); 0: no re-warmup
     restart_warmup_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS)
     warm_start: int = Field(0, ge=0, le=MAX_TOKENS)
 
-    @property
-    def rewarm_tokens(self) -> int:
-        """The re-warmup after each restart: as given, else 2% of a cycle. Pruned moments make the
-        next steps of the pruned entries up to ~3x a normal Adam step; the paper's jagged schedule
-        is what keeps that from diverging."""
-        return self.merge_every_tokens // 50 if self.restart_warmup_tokens is None else self.restart_warmup_tokens
+    def rewarm_tokens(self, step: int) -> int:
+        """The re-warmup after each restart, for a stage of `step` tokens a step: as given, else
+        2% of a cycle and at least two steps (a step runs at the LR of the token count it
+        completes: a one-step re-warmup would run its step at the full LR), never past a cycle.
+        Pruned moments make the next steps of the pruned entries up to ~3x a normal Adam step;
+        the paper's jagged schedule is what keeps that from diverging."""
+        if self.restart_warmup_tokens is not None:
+            return self.restart_warmup_tokens
+        return min(max(2 * step, self.merge_every_tokens // 50 // step * step), self.merge_every_tokens)
 
     def merge_points(self, total: int) -> list[int]:
         """Stage tokens after which the adapters merge inside a stage of `total` tokens (the merge

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import CptError
 from ..model import relora
 from ..model.relora_cfg import ReLoRACfg
 from .hooks import Hook
@@ -65,8 +66,14 @@ class ReLoRA(Hook):
         self.layers, self.stage, self.merges, self.cfg = [], None, 0, None
 
     def on_resume(self, run) -> None:
-        if self.saved_on and not self.layers:
-            self._wrap(run, self.stage, run.recipe.stages[self.stage].relora)
+        if not self.saved_on or self.layers:
+            return
+        stages = run.recipe.stages
+        if not (0 <= self.stage < len(stages) and stages[self.stage].relora is not None
+                and self.stage == run.state.stage_index):
+            raise CptError(f"the checkpoint's ReLoRA state names stage {self.stage}, which is not the ReLoRA stage "
+                           "it was saved in; resume from another checkpoint or start a new --out")
+        self._wrap(run, self.stage, stages[self.stage].relora)
 
     def _wrap(self, run, index: int, cfg: ReLoRACfg) -> None:
         where = f"stages[{index}] ({run.recipe.stages[index].name}).relora"
@@ -88,8 +95,13 @@ class ReLoRA(Hook):
                 "adapters": {"rank": self.cfg.rank, "alpha": self.cfg.alpha, "targets": self.cfg.targets}}
 
     def load_state_dict(self, state: dict) -> None:
+        """A checkpoint's state, checked (a resume turns a ValueError into one line)."""
+        if not isinstance(state, dict):
+            raise ValueError("hooks.relora is not a mapping")
         self.saved_on = bool(state)
-        self.stage, self.merges = state.get("stage"), int(state.get("merges", 0))
+        self.stage, self.merges = state.get("stage"), state.get("merges", 0)
+        if self.saved_on and not (isinstance(self.stage, int) and isinstance(self.merges, int) and self.merges >= 0):
+            raise ValueError(f"hooks.relora: stage {self.stage!r} and merges {self.merges!r} are not counts")
 
 
 def _seed(run, index: int) -> int:
@@ -101,14 +113,22 @@ def load_plain(run, path: Path) -> None:
     cycle (`<stage>@pre-cooldown`, `step-N`): the adapters are put on as they were, loaded, and
     merged, so the model starts from the weights that checkpoint's model computed with."""
     meta = run.checkpoints.read_meta(path)
-    saved = (meta.get("hooks") or {}).get(ReLoRA.name) or {}
+    hooks = meta.get("hooks")
+    saved = hooks.get(ReLoRA.name) if isinstance(hooks, dict) else None
     if not saved:
         run.checkpoints.load(path, run.model, run.optimizer, rng=False, dist=run.dist)
         return
-    a = saved["adapters"]
-    layers = relora.wrap(run.model, ReLoRACfg(rank=a["rank"], alpha=a["alpha"], targets=a["targets"],
-                                              merge_every_tokens=1), where=f"{path}: its relora adapters")
+    try:
+        a = saved["adapters"]
+        cfg = ReLoRACfg(rank=a["rank"], alpha=a["alpha"], targets=a["targets"], merge_every_tokens=1)
+    except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
+        raise CptError(f"{path / 'meta.json'}: hooks.relora is not a ReLoRA state (adapters: rank, alpha, targets); "
+                       "start from another checkpoint") from None
+    flags = [p.requires_grad for p in run.model.parameters()]  # `trainable:` of the stage starting
+    layers = relora.wrap(run.model, cfg, where=f"{path}: its relora adapters")
     try:
         run.checkpoints.load(path, run.model, run.optimizer, rng=False, dist=run.dist)
     finally:
         relora.unwrap(run.model, layers)
+        for p, flag in zip(run.model.parameters(), flags):
+            p.requires_grad_(flag)

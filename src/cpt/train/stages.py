@@ -161,10 +161,11 @@ def after_step(run, stage: Stage, result: StepResult, lr: float, seconds: float,
     if r.eval.every_tokens and _crossed(s.tokens, batch_tokens, r.eval.every_tokens) and not last:
         run_eval(run, stage, "periodic")
     t = s.stage_step * batch_tokens
+    at = stage.segment.base_lr(t)  # the schedule's LR, which a stage starting here inherits (no ReLoRA jag)
     if t == stage.segment.decay_start:
-        save_checkpoint(run, stage, f"{stage.name}@pre-cooldown", lr, t)
+        save_checkpoint(run, stage, f"{stage.name}@pre-cooldown", at, t)
     elif r.checkpoint.every_tokens and _crossed(s.tokens, batch_tokens, r.checkpoint.every_tokens) and not last:
-        save_checkpoint(run, stage, f"step-{s.global_step:07d}", lr, t)
+        save_checkpoint(run, stage, f"step-{s.global_step:07d}", at, t)
 
 
 def end_stage(run, stage: Stage) -> None:

@@ -286,3 +286,17 @@ def test_relora_points_do_not_pass_the_jag_on_and_strategy4_is_refused(tmp_path,
         small_recipe(tmp_path, shared, """
   - {name: a, tokens: 5120, new: [math], strategy: {name: strategy4, N: 10}, relora: {rank: 4, merge_every_tokens: 1280}}""",
                      header="base_sources: [stories]")
+
+
+def test_summary_and_report_say_what_the_relora_stage_did(whole, tmp_path):
+    from cpt.report.render import overview_section
+    from cpt.report.summary import build_summary
+
+    summary = build_summary(whole.recipe, whole.metrics.records(), whole.segments)
+    a, b = summary["stages"]
+    assert "relora" not in a
+    assert b["relora"]["rank"] == 4 and b["relora"]["start_step"] == 4 and b["relora"]["merge_steps"] == [6, 8]
+    assert b["relora"]["pruned_share"] == pytest.approx([0.9, 0.9], abs=2e-3)
+    assert b["relora"]["adapter_params"] > 0
+    text = overview_section(summary, tmp_path)
+    assert f"- **ReLoRA** in `b`: rank 4, {b['relora']['adapter_params']} adapter parameters from step 4, 2 merges" in text

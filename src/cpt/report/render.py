@@ -296,6 +296,7 @@ def overview_section(summary: Mapping[str, Any], run_dir: Path) -> str:
         f"- Sources: {', '.join(summary.get('sources', [])) or '–'}",
         f"- Stages: {len(stages)}; tokens trained: {_tokens(total)}",
         *_skipped_line(stages),
+        *_relora_lines(stages),
         "",
         markdown_table(
             rows,
@@ -304,6 +305,19 @@ def overview_section(summary: Mapping[str, Any], run_dir: Path) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def _relora_lines(stages: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = []
+    for s in stages:
+        r = s.get("relora")
+        if isinstance(r, Mapping):
+            shares = r.get("pruned_share") or []
+            pruned = f", {min(shares):.3f}-{max(shares):.3f} of the adapters' moments pruned" if shares else ""
+            out.append(f"- **ReLoRA** in `{s.get('name')}`: rank {r.get('rank')}, {r.get('adapter_params')} adapter "
+                       f"parameters from step {r.get('start_step')}, {len(r.get('merge_steps') or [])} merges inside "
+                       f"the stage{pruned}, merged into the plain model at its end")
+    return out
 
 
 def _skipped_line(stages: Sequence[Mapping[str, Any]]) -> list[str]:

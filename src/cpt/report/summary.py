@@ -30,6 +30,16 @@ def source_roles(recipe: Recipe) -> list[tuple[list[str], list[str]]]:
     return roles
 
 
+def _relora(st, records: list[dict]) -> dict:
+    """What a ReLoRA stage did (train/relora.py's records): where the adapters went on, each
+    merge's step and the share of the adapters' moments it left zero."""
+    events = [r for r in records if r.get("kind") == "relora" and r.get("stage") == st.name]
+    start = next((r for r in events if r["event"] == "start"), {})
+    merges = [r for r in events if r["event"] == "merge"]
+    return {"rank": st.relora.rank, "adapter_params": start.get("trainable"), "start_step": start.get("step"),
+            "merge_steps": [r["step"] for r in merges], "pruned_share": [r["pruned"] for r in merges]}
+
+
 def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
     evals = [r for r in records if r.get("kind") == "eval"]
     data = {r["stage"]: r["data_seen"] for r in records if r.get("kind") == "data"}
@@ -45,5 +55,6 @@ def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
                        "data_seen_end": data.get(st.name, {}),
                        # steps with a NaN/Inf loss or gradient, which made no update (train/guard.py)
                        "skipped_steps": [r["step"] for r in records
-                                         if r.get("kind") == "train" and r.get("stage") == st.name and r.get("skipped")]})
+                                         if r.get("kind") == "train" and r.get("stage") == st.name and r.get("skipped")],
+                       **({"relora": _relora(st, records)} if st.relora else {})})
     return {"sources": list(recipe.sources), "base_val_loss": base, "stages": stages}

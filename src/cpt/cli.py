@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .data import mixlists, tokenize_cli
-from . import plan_cli, schedule_cli
+from . import plan_cli, schedule_cli, upscale_cli
 from .vocab import cli as vocab_cli
 from .errors import CptError, describe_decode_error, describe_os_error
 
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     tokenize_cli.add_parser(sub)
     mixlists.add_parser(sub)
     vocab_cli.add_parser(sub)
+    upscale_cli.add_parser(sub)
     return p
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.out)
         else:
             return {"plan": plan_cli, "schedule": schedule_cli, "tokenize": tokenize_cli, "mix": mixlists,
-                    "vocab": vocab_cli}[args.command].run(args)
+                    "vocab": vocab_cli, "upscale": upscale_cli}[args.command].run(args)
     except CptError as e:
         print("cpt: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, always
         return 2

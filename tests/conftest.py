@@ -73,6 +73,25 @@ def extended_model(shared: Path, tmp_path: Path, untie: bool = False) -> Path:
     return out
 
 
+def killed_at_step(monkeypatch, step: int, train) -> None:
+    """Run `train()` with the loop's optimizer step interrupted at its `step`-th call (1-based), as a
+    kill would stop it; the loop is whole again afterwards."""
+    import cpt.train.loop as loop
+
+    real, calls = loop.train_step, []
+
+    def dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    monkeypatch.setattr(loop, "train_step", real)
+
+
 def fake_checkpoint(folder: Path, meta: str = "{}", state: bool = True) -> Path:
     """A checkpoint folder with `meta.json` and a placeholder `state/`, its checksums written:
     enough for what the recipe checks at load (no weights are ever read from it)."""

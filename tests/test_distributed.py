@@ -83,6 +83,19 @@ def records(out: Path, kind: str) -> list[dict]:
     return [r for r in rows if r["kind"] == kind]
 
 
+def one_and_two_ranks(recipe: Path, tmp_path: Path) -> tuple[dict[int, Path], list[dict]]:
+    """The recipe run by one process and by 2 ranks (run folders w1, w2): the same batches, and
+    the same losses within 1e-5. Returns the folders and one process's train records."""
+    outs = {n: tmp_path / f"w{n}" for n in (1, 2)}
+    for n, out in outs.items():
+        res = cpt_run(1, recipe, "--out", out, "--nproc", str(n))
+        assert res.returncode == 0, res.stderr[-3000:]
+    a, b = records(outs[1], "train"), records(outs[2], "train")
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["batch_crc32"] == x["batch_crc32"]
+    return outs, a
+
+
 def close(a, b, rel=1e-5):
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(close(a[k], b[k], rel) for k in a)
@@ -245,13 +258,7 @@ def test_new_rows_under_two_ranks_train_like_one_and_leave_the_rest_bit_identica
               "stages": [{"name": "rows", "tokens": 2048, "mix": {"vi": 1.0}, "trainable": ["new_input_rows"]}]}
     path = tmp_path / "rows.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    outs = {n: tmp_path / f"w{n}" for n in (1, 2)}
-    for n, out in outs.items():
-        res = cpt_run(1, path, "--out", out, "--nproc", str(n))
-        assert res.returncode == 0, res.stderr[-3000:]
-    a, b = records(outs[1], "train"), records(outs[2], "train")
-    for x, y in zip(a, b, strict=True):
-        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["batch_crc32"] == x["batch_crc32"]
+    outs, a = one_and_two_ranks(path, tmp_path)
     base = load_file(model / "model.safetensors")
     ends = {n: load_file(out / "model" / "model.safetensors") for n, out in outs.items()}
     key = next(k for k in base if "embed_tokens" in k)
@@ -395,13 +402,7 @@ def test_relora_under_two_ranks_merges_like_one_process(tmp_path, shared):
                           "buffer_add": {"source": "wiki", "tokens": 1000, "policy": "hard"}}]}
     path = tmp_path / "relora.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    outs = {n: tmp_path / f"w{n}" for n in (1, 2)}
-    for n, out in outs.items():
-        res = cpt_run(1, path, "--out", out, "--nproc", str(n))
-        assert res.returncode == 0, res.stderr[-3000:]
-    a, b = records(outs[1], "train"), records(outs[2], "train")
-    for x, y in zip(a, b, strict=True):
-        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["batch_crc32"] == x["batch_crc32"]
+    outs, a = one_and_two_ranks(path, tmp_path)
     events = [records(o, "relora") for o in outs.values()]
     assert [e["event"] for e in events[1]] == ["start", "merge", "merge", "end"]
     assert [e.get("pruned") for e in events[0]] == [e.get("pruned") for e in events[1]]

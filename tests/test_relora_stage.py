@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from conftest import small_recipe
+from conftest import killed_at_step, small_recipe
 
 STAGES = """
   - {name: a, tokens: 512, mix: {stories: 1.0}}
@@ -124,18 +124,7 @@ def test_resume_inside_a_relora_cycle_equals_uninterrupted(whole, tmp_path, shar
     from cpt.build import build_run
     from cpt.recipe import load_recipe
 
-    real, calls = loop.train_step, []
-
-    def dies(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == die_at:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", dies)
-    with pytest.raises(KeyboardInterrupt):
-        relora_run(tmp_path, shared, corpora, "cut", header=EVERY_STEP)
-    monkeypatch.setattr(loop, "train_step", real)
+    killed_at_step(monkeypatch, die_at, lambda: relora_run(tmp_path, shared, corpora, "cut", header=EVERY_STEP))
     resumed = build_run(load_recipe(tmp_path / "cut" / "small.yaml"), "cut", tmp_path / "cut" / "out", resume=True)
     loop.train(resumed)
     assert records(resumed, "train") == records(whole, "train")

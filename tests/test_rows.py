@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from conftest import extended_model
+from conftest import extended_model, killed_at_step
 
 NEW = list(range(512, 534))
 
@@ -173,18 +173,7 @@ def test_resume_inside_a_row_stage_equals_uninterrupted(tmp_path, shared, monkey
     from cpt.recipe import load_recipe
 
     whole, _ = run_eeve(tmp_path, shared, untie, "whole")
-    real, calls = loop.train_step, []
-
-    def dies(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == die_at:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", dies)
-    with pytest.raises(KeyboardInterrupt):
-        run_eeve(tmp_path / "cut", shared, untie, "cut", extra="checkpoint: {every_tokens: 256}")
-    monkeypatch.setattr(loop, "train_step", real)
+    killed_at_step(monkeypatch, die_at, lambda: run_eeve(tmp_path / "cut", shared, untie, "cut", extra="checkpoint: {every_tokens: 256}"))
     saved = max((tmp_path / "cut" / "cut" / "checkpoints").glob("step-*"))
     keys = dcp.FileSystemReader(str(saved / "state")).read_metadata().state_dict_metadata
     assert "model.model.embed_tokens.cpt_rows" in keys and "optim.state.model.embed_tokens.cpt_rows.exp_avg" in keys

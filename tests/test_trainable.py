@@ -5,7 +5,7 @@ for what the stage before kept frozen, measured by each parameter's step count."
 import pytest
 import torch
 
-from conftest import small_recipe
+from conftest import killed_at_step, small_recipe
 
 
 def train_recipe(tmp_path, shared, stages: str, name: str):
@@ -71,18 +71,7 @@ def test_resume_inside_a_frozen_stage_equals_uninterrupted(tmp_path, shared, mon
     whole = train_recipe(tmp_path, shared, stages, "whole")
     recipe = small_recipe(tmp_path, shared, stages, header="validation: {tokens_per_source: 512}\n"
                           "checkpoint: {every_tokens: 256}", optimizer="{lr: 1.0e-3, weight_decay: 0.1}")
-    real, calls = loop.train_step, []
-
-    def dies_at_step_7(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 7:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", dies_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(build_run(recipe, "cut", tmp_path / "cut", resume=False))
-    monkeypatch.setattr(loop, "train_step", real)
+    killed_at_step(monkeypatch, 7, lambda: loop.train(build_run(recipe, "cut", tmp_path / "cut", resume=False)))
     resumed = build_run(recipe, "cut", tmp_path / "cut", resume=True)
     loop.train(resumed)
     for (name, p), q in zip(whole.model.named_parameters(), resumed.model.parameters()):

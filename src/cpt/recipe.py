@@ -401,7 +401,8 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
             p(f"{where}.relora: not with strategy4, which splits the stage where the LR crosses a threshold (the "
               "merges cannot tile both parts); give ReLoRA a stage of its own")
         elif st.relora is not None and (expanded or not preset):
-            problems += _check_relora(r, st, where)
+            problems += st.relora.problems(r.stage_batch(st), r.stage_steps(st) * r.stage_batch(st), st.trainable,
+                                           f"{where} ({st.name}).relora")
         eeve = preset and isinstance(st.strategy, presets.Eeve)  # its trainable sets are checked expanded
         if st.optimizer_state == "reset-new" and not eeve and not _groups(st.trainable) - _groups(r.start_trainable(i)):
             p(f"{where}.optimizer_state: reset-new gives fresh moments only to newly trainable parameters, but this "
@@ -421,36 +422,6 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         p(f"eval.every_tokens: {r.eval.every_tokens} is less than one optimizer step ({r.batch_tokens})")
     if r.checkpoint.every_tokens is not None and r.checkpoint.every_tokens < r.batch_tokens:
         p(f"checkpoint.every_tokens: {r.checkpoint.every_tokens} is less than one optimizer step ({r.batch_tokens})")
-    return problems
-
-
-def _check_relora(r: Recipe, st: StageCfg, where: str) -> list[str]:
-    """ReLoRA's cycles are whole optimizer steps that tile the stage after the warm start; the
-    layers it trains must be ones the stage trains."""
-    c, batch, problems = st.relora, r.stage_batch(st), []
-    p = problems.append
-    where = f"{where} ({st.name}).relora"
-    if c.merge_every_tokens < batch:
-        p(f"{where}.merge_every_tokens: {c.merge_every_tokens} is less than one optimizer step ({batch} tokens)")
-    elif c.merge_every_tokens % batch:
-        p(f"{where}.merge_every_tokens: {c.merge_every_tokens} is not a whole number of optimizer steps ({batch} tokens)")
-    total = r.stage_steps(st) * batch
-    if c.warm_start % batch:
-        p(f"{where}.warm_start: {c.warm_start} is not a whole number of optimizer steps ({batch} tokens)")
-    elif c.warm_start >= total:
-        p(f"{where}.warm_start: {c.warm_start} leaves no LoRA phase in the stage's {total} tokens; lower it")
-    elif not problems and (total - c.warm_start) % c.merge_every_tokens:
-        p(f"{where}.merge_every_tokens: {c.merge_every_tokens} does not divide the stage's LoRA phase "
-          f"({total} tokens - warm_start {c.warm_start}); choose a divisor, or change the stage's tokens")
-    rewarm = c.restart_warmup_tokens
-    if rewarm is not None and rewarm > c.merge_every_tokens:
-        p(f"{where}.restart_warmup_tokens: {rewarm} is longer than a cycle (merge_every_tokens = {c.merge_every_tokens})")
-    elif rewarm and rewarm < 2 * batch:  # a step runs at the LR of the tokens it completes
-        p(f"{where}.restart_warmup_tokens: {rewarm} is less than two optimizer steps ({2 * batch} tokens): the "
-          "first step after a merge would run at the full LR; give at least two steps, or 0 for no re-warmup")
-    if c.targets is None and not {"all", "layers"} & set(st.trainable):
-        p(f"{where}: the stage freezes the layers ReLoRA trains (trainable: {', '.join(st.trainable)}); "
-          "add `layers` to trainable, or remove relora")
     return problems
 
 

@@ -44,6 +44,36 @@ class ReLoRACfg(Strict):
             return self.restart_warmup_tokens
         return min(max(2 * step, self.merge_every_tokens // 50 // step * step), self.merge_every_tokens)
 
+    def problems(self, batch: int, total: int, trainable: list[str], where: str) -> list[str]:
+        """What a stage of `total` tokens, `batch` a step, that trains `trainable`, cannot do with
+        this section (the recipe's cross-field checks): cycles are whole optimizer steps that tile
+        the stage after the warm start, and the default targets are layers the stage trains."""
+        problems: list[str] = []
+        p = problems.append
+        if self.merge_every_tokens < batch:
+            p(f"{where}.merge_every_tokens: {self.merge_every_tokens} is less than one optimizer step ({batch} tokens)")
+        elif self.merge_every_tokens % batch:
+            p(f"{where}.merge_every_tokens: {self.merge_every_tokens} is not a whole number of optimizer steps "
+              f"({batch} tokens)")
+        if self.warm_start % batch:
+            p(f"{where}.warm_start: {self.warm_start} is not a whole number of optimizer steps ({batch} tokens)")
+        elif self.warm_start >= total:
+            p(f"{where}.warm_start: {self.warm_start} leaves no LoRA phase in the stage's {total} tokens; lower it")
+        elif not problems and (total - self.warm_start) % self.merge_every_tokens:
+            p(f"{where}.merge_every_tokens: {self.merge_every_tokens} does not divide the stage's LoRA phase "
+              f"({total} tokens - warm_start {self.warm_start}); choose a divisor, or change the stage's tokens")
+        rewarm = self.restart_warmup_tokens
+        if rewarm is not None and rewarm > self.merge_every_tokens:
+            p(f"{where}.restart_warmup_tokens: {rewarm} is longer than a cycle (merge_every_tokens = "
+              f"{self.merge_every_tokens})")
+        elif rewarm and rewarm < 2 * batch:  # a step runs at the LR of the tokens it completes
+            p(f"{where}.restart_warmup_tokens: {rewarm} is less than two optimizer steps ({2 * batch} tokens): the "
+              "first step after a merge would run at the full LR; give at least two steps, or 0 for no re-warmup")
+        if self.targets is None and not {"all", "layers"} & set(trainable):
+            p(f"{where}: the stage freezes the layers ReLoRA trains (trainable: {', '.join(trainable)}); "
+              "add `layers` to trainable, or remove relora")
+        return problems
+
     def merge_points(self, total: int) -> list[int]:
         """Stage tokens after which the adapters merge inside a stage of `total` tokens (the merge
         at the stage's end, which puts the plain layers back, is not one of them)."""

@@ -24,6 +24,7 @@ from .model import relora
 from .model.trainable import trainable_params
 from .train.guard import NonFiniteGuard
 from .train.relora import ReLoRA
+from .train.merge import check_merges
 from .train.hooks import Hooks
 from .train.saves import SealSaves
 from .train.metrics import MetricsLog
@@ -86,18 +87,18 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     check_world(recipe, d)
     checkpoints = CheckpointManager(out / "checkpoints", d, asynchronous=recipe.checkpoint.asynchronous)
     segments = plan_segments(recipe)  # reads the LR stored with any `init:` checkpoint folder
+    torch.manual_seed(recipe.seed)  # the RNG state every checkpoint saves is the recipe's, not the clock's
+    tokenizer = load_tokenizer(recipe.tokenizer_path)
+    model = build_model(recipe, tokenizer)
+    new_ids = new_token_ids(recipe.model.path)
+    check_extension(model, tokenizer, new_ids, recipe.model.path)
+    check_relora(recipe, model)
+    check_merges(recipe, model)  # all before --out is touched: a refused run leaves it as it was
     folder = None
     if d.is_main:  # one process claims, locks and writes the folder; the others wait for it
         folder = claim_out_dir(out, resume, recipe_hash, checkpoints, recipe_path)
         write_text_atomic(out / "recipe.yaml", recipe_text)
-
-    torch.manual_seed(recipe.seed)  # the RNG state every checkpoint saves is the recipe's, not the clock's
-    tokenizer = load_tokenizer(recipe.tokenizer_path)
-    model = build_model(recipe, tokenizer).to(device)
-    new_ids = new_token_ids(recipe.model.path)
-    check_extension(model, tokenizer, new_ids, recipe.model.path)
-    check_relora(recipe, model)
-    model.train()
+    model.to(device).train()
     throughput = Throughput(flops_per_token(model, recipe.seq_len), device_peak_tflops(device, peak_tflops), d.world)
     shard_model(model, d, recipe.distributed, device)
     data = d.main_first(lambda: RunData(recipe, out, tokenizer, leader=d.is_main))  # made once, then read

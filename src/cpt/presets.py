@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Union
 from pydantic import BeforeValidator, Field
 
 from .config import MAX_TOKENS, Strict
+from .merging import SoupWithBase, Wsm, expand_merge
 from .schedules import (ContinueSchedule, CooldownSchedule, FloorLR, Fraction, PositiveLR, RewarmSchedule, Segment,
                         Shape, plan_segments, step_lr)
 
@@ -114,10 +115,11 @@ def _by_name(value):
 
 
 Strategy = Annotated[
-    Union[Naive, Replay, BufferMix, Strategy4, Strategy5, CooldownMix, RewarmReplay, Eeve],
+    Union[Naive, Replay, BufferMix, Strategy4, Strategy5, CooldownMix, RewarmReplay, Eeve, Wsm, SoupWithBase],
     Field(discriminator="name"), BeforeValidator(_by_name),
 ]
-NAMES = ("naive", "replay", "buffer-mix", "strategy4", "strategy5", "cooldown-mix", "rewarm-replay", "eeve")
+NAMES = ("naive", "replay", "buffer-mix", "strategy4", "strategy5", "cooldown-mix", "rewarm-replay", "eeve", "wsm",
+         "soup-with-base")
 SETS_SCHEDULE = (Strategy4, Strategy5, CooldownMix, RewarmReplay)
 
 
@@ -208,7 +210,10 @@ def expand(r: Recipe) -> tuple[Recipe, list[str]]:
     problems: list[str] = []
     for i, st in enumerate(r.stages):
         s = st.strategy
-        if s is None:
+        if st.kind == "merge":  # its checkpoints may be named by the stages expanded so far
+            done = r.model_copy(update={"stages": out})
+            out.append(expand_merge(done, st, plan_segments(done)))
+        elif s is None:
             out.append(st)
         elif isinstance(s, Eeve):
             out += _eeve(r, st)

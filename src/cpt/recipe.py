@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, AfterValidator
 
-from . import presets
+from . import merging, presets
 from .config import MAX_LR, MAX_TOKENS, RecipeLoader, Strict, read_json_object
 from .data.sources import DECODED, RECORDS, first_record_problem, template_problem
 from .checkpoint.integrity import verify as verify_checkpoint
@@ -136,7 +136,9 @@ def budget_tokens(cfg: BufferAddCfg, source_train_tokens: int) -> int:
 
 class StageCfg(Strict):
     name: str
-    tokens: int = Field(gt=0, le=MAX_TOKENS)
+    # train: steps on a mix; merge: the weighted average of checkpoints (merging.py), no training
+    kind: Literal["train", "merge"] = "train"
+    tokens: int = Field(0, ge=0, le=MAX_TOKENS)  # required for training; 0 for a merge
     mix: dict[str, float] | None = None  # required unless `strategy` sets it
     strategy: presets.Strategy | None = None  # a cookbook preset; expands when the recipe loads
     schedule: Schedule = ConstantSchedule(kind="constant")
@@ -157,6 +159,11 @@ class StageCfg(Strict):
     # train the decoder's linears through merged low-rank updates (model/relora.py); on an `eeve`
     # stage, its last two sub-stages (the ones that train the layers)
     relora: ReLoRACfg | None = None
+    # kind: merge (merging.py): what is averaged, with which weights
+    checkpoints: list[str] | None = None
+    weights: list[float] | None = None
+    method: Literal["linear", "ema"] = "linear"
+    ema_beta: float = Field(0.5, gt=0, lt=1)
 
     @property
     def init_ref(self) -> tuple[str, str] | None:
@@ -378,6 +385,16 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
             p(f"{where}.name: `{st.name}` must be letters, digits, `_`, `-` or `.`")
         if names.count(st.name) > 1 and names.index(st.name) == i:
             p(f"{where}.name: `{st.name}` is used by more than one stage")
+        if st.kind == "merge":
+            problems += merging.check_merge(r, i, where, lambda ref, at, i=i: _check_point(r, i, ref, at, merge=True),
+                                             expanded)
+            continue
+        for key in ("checkpoints", "weights", "method", "ema_beta"):
+            if key in st.model_fields_set:
+                p(f"{where}.{key}: only a merge stage (kind: merge) averages checkpoints; remove `{key}`")
+        if "tokens" not in st.model_fields_set and not expanded:
+            p(f"{where}.tokens: required key is missing")
+            continue
         batch = r.stage_batch(st)
         if st.batch_tokens is not None and st.batch_tokens % unit:
             p(f"{where}.batch_tokens: {st.batch_tokens} is not a multiple of seq_len x micro_batch = {unit}")
@@ -551,6 +568,10 @@ def check_segments(r: Recipe, segments: list[Segment]) -> list[str]:
     inherited), a stage that would train at LR 0 throughout."""
     problems = []
     for i, (st, seg) in enumerate(zip(r.stages, segments)):
+        if st.kind == "merge":
+            problems += [f"stages[{i}].checkpoints[{k}]: {why}" for k, ref in enumerate(st.checkpoints)
+                         if merging.STEP.match(ref) and (why := merging.step_problem(r, i, ref, segments))]
+            continue
         ref = st.init_ref
         if ref is not None and ref[1] == "pre-cooldown" and segments[r.stage_index(ref[0])].decay_start is None:
             problems.append(f"stages[{i}].init: stage `{ref[0]}` continues a decay that began in an earlier stage, so "
@@ -570,41 +591,50 @@ def check_segments(r: Recipe, segments: list[Segment]) -> list[str]:
 
 
 def _check_init(r: Recipe, i: int, where: str) -> list[str]:
-    init, ref = r.stages[i].init, r.stages[i].init_ref
-    if init in ("previous", "base"):
+    return _check_point(r, i, r.stages[i].init, f"{where}.init")
+
+
+def _check_point(r: Recipe, i: int, init: str, where: str, merge: bool = False) -> list[str]:
+    """A checkpoint that stage i starts from (`init:`) or merges (`checkpoints:`)."""
+    ref = StageCfg(name="x", init=init).init_ref
+    if init == "base" or (init == "previous" and not merge):
         return []
+    if merge and merging.STEP.match(init):
+        problem = merging.step_problem(r, i, init)
+        return [f"{where}: {problem}"] if problem else []
     if ref is not None:
         stage, tag = ref
         earlier = [s.name for s in r.stages[:i]]
         if stage not in earlier:
-            return [f"{where}.init: `{init}` names no earlier stage (earlier: {', '.join(earlier) or 'none'})"]
+            return [f"{where}: `{init}` names no earlier stage (earlier: {', '.join(earlier) or 'none'})"]
         if tag == "final":
             return []
         if tag == "pre-cooldown":
             if not decays(r.stages[r.stage_index(stage)].schedule):
-                return [f"{where}.init: stage `{stage}` never decays its LR, so it has no pre-cooldown checkpoint"]
+                return [f"{where}: stage `{stage}` never decays its LR, so it has no pre-cooldown checkpoint"]
             return []
-        return [f"{where}.init: unknown checkpoint tag `@{tag}` (use @final or @pre-cooldown)"]
+        return [f"{where}: unknown checkpoint tag `@{tag}` (use @final or @pre-cooldown)"]
     folder = Path(init)
     if not (folder / "meta.json").is_file():
-        return [f"{where}.init: `{init}` is not previous, base, <stage>@final, <stage>@pre-cooldown "
-                "or a checkpoint folder (one with meta.json)"]
+        kinds = "base, <stage>@final, <stage>@pre-cooldown, step-N" if merge else \
+            "previous, base, <stage>@final, <stage>@pre-cooldown"
+        return [f"{where}: `{init}` is not {kinds} or a checkpoint folder (one with meta.json)"]
     # what the stage will read from the folder, checked now rather than after earlier stages trained
     try:
         meta = read_json_object(folder / "meta.json")
     except (OSError, ValueError) as e:
-        return [f"{where}.init: {folder / 'meta.json'} is {e}; not a readable cpt checkpoint"]
+        return [f"{where}: {folder / 'meta.json'} is {e}; not a readable cpt checkpoint"]
     problems = []
     if not (folder / "state").is_dir():
-        problems.append(f"{where}.init: {folder} has no state/ folder (the saved weights); not a complete cpt checkpoint")
+        problems.append(f"{where}: {folder} has no state/ folder (the saved weights); not a complete cpt checkpoint")
     else:
         try:  # its checksums too: a corrupted copy is found before earlier stages train
             verify_checkpoint(folder)
         except CptError as e:
-            problems.append(f"{where}.init: {e}")
+            problems.append(f"{where}: {e}")
     lr, batch = meta.get("lr"), meta.get("batch_tokens")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr <= MAX_LR):
-        problems.append(f"{where}.init: {folder / 'meta.json'} records lr {lr!r}; an LR is a number in [0, {MAX_LR:g}]")
+        problems.append(f"{where}: {folder / 'meta.json'} records lr {lr!r}; an LR is a number in [0, {MAX_LR:g}]")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 0 < batch <= MAX_BATCH_TOKENS):
-        problems.append(f"{where}.init: {folder / 'meta.json'} records batch_tokens {batch!r}; a positive whole number")
+        problems.append(f"{where}: {folder / 'meta.json'} records batch_tokens {batch!r}; a positive whole number")
     return problems

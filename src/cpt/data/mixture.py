@@ -50,7 +50,8 @@ class Mixture:
     def counts_at(self, a: int) -> np.ndarray:
         """Samples of each source among the first `a` positions, in O(D^2) whatever `a` is."""
         out = np.zeros(self.num_sources, dtype=np.int64)
-        out[self.active] = self._active_counts_at(int(a))
+        if len(self.active):  # a stage that draws nothing (a merge) has no sources
+            out[self.active] = self._active_counts_at(int(a))
         return out
 
     def block(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:

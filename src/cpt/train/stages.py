@@ -20,6 +20,7 @@ from ..model.trainable import set_trainable, train_rows, trainable_params
 from ..plan import SourceSize, seen
 from ..recipe import StageCfg, budget_tokens
 from ..schedules import Segment, step_lr
+from .merge import merge_checkpoints
 from .relora import load_plain
 from .step import StepResult, build_optimizer
 
@@ -126,7 +127,9 @@ def stop_rows(run) -> None:
 def enter_stage(run, stage: Stage) -> None:
     """Load the stage's starting weights (`init:`), then measure where it starts."""
     init = stage.cfg.init
-    if init == "base":  # "start from these weights": the base model, a fresh optimizer
+    if stage.cfg.kind == "merge":  # the average of its checkpoints, with fresh moments
+        merge_checkpoints(run, stage)
+    elif init == "base":  # "start from these weights": the base model, a fresh optimizer
         load_full_state(run.model, build_model(run.recipe, run.tokenizer).state_dict(), run.dist)
         run.optimizer = build_optimizer(run.model, run.recipe.optimizer)
     elif init != "previous":

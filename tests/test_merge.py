@@ -40,7 +40,6 @@ stages:
 
 def weights_of(folder: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's model tensors, read with DCP into plain tensors."""
-    from cpt.build import Run  # noqa: F401  (imports torch.distributed pieces)
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     out = folder.parent / f"{folder.name}.pt"

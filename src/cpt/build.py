@@ -55,6 +55,8 @@ class Run:
     dist: Dist = field(default_factory=Dist)
     throughput: Throughput = field(default_factory=lambda: Throughput(0.0, None, 1))
     rows: list = field(default_factory=list)  # the TrainableRows of the stage running now
+    # the starting model's (rope parameters, positions): what each stage's `rope:` changes
+    context: tuple[dict | None, int] = (None, 0)
 
     def local(self, tokens: torch.Tensor) -> torch.Tensor:
         """This rank's part of a step's global batch, as (micro-batches, micro_batch, seq_len) on the device."""
@@ -108,12 +110,17 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
         data=data, validation=data.validation(), segments=segments,
         checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl", enabled=d.is_main), state=TrainState(),
         recipe_hash=recipe_hash, new_ids=new_ids, folder=folder, dist=d, throughput=throughput,
-        hooks=build_hooks(recipe),
+        hooks=build_hooks(recipe), context=model_context(model),
     )
     if d.is_main:
         checkpoints.check_space(model, run.optimizer)  # early: a week of training before the first save fails
         folder.record()  # what this run wrote so far: a restart before the first checkpoint removes only that
     return run
+
+
+def model_context(model) -> tuple[dict | None, int]:
+    params = getattr(model.config, "rope_parameters", None)
+    return (dict(params) if params else None), getattr(model.config, "max_position_embeddings", 0)
 
 
 def build_hooks(recipe: Recipe) -> Hooks:

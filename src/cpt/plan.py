@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 
 from .data.mixture import StageMixture
+from .data.packing import carry
+from .merging import merge_weights
 from .recipe import BUFFER, Recipe, budget_tokens
 from .report.summary import source_roles
 from .presets import Strategy4
@@ -61,6 +63,7 @@ class StagePlan:
     schedule: str  # the segment in words
     batch: int  # tokens per step
     scale: float  # lr_scaling factor on the inherited LR
+    seq_len: int = 0  # tokens per sample
     uses: list[SourceUse] = field(default_factory=list)
 
 
@@ -78,25 +81,32 @@ def plan_stages(recipe: Recipe, segments: list[Segment], sizes: dict[str, Source
     `buffer_add` (each version is a fresh stream, as in training)."""
     cursors: dict[str, int] = {}
     buffer_tokens, version = 0, 0
+    epoch_tokens: dict[str, int] = {}  # per stream, to carry its cursor to another seq_len
     plans = []
-    for st, seg in zip(recipe.stages, segments):
+    for i, (st, seg) in enumerate(zip(recipe.stages, segments)):
         streams = [f"{BUFFER}@v{version}" if n == BUFFER else n for n in st.mix]
-        steps, batch = recipe.stage_steps(st), recipe.stage_batch(st)
+        steps, batch, length = recipe.stage_steps(st), recipe.stage_batch(st), recipe.stage_len(st)
         mixture = StageMixture(streams, list(st.mix.values()), steps, recipe.stage_samples(st), cursors)
         plan = StagePlan(st.name, steps, steps * batch, step_lr(seg, 0, batch), seg.end_lr,
-                         f"{seg.kind}: {seg.describe()}", batch, seg.scale)
+                         f"{seg.kind}: {seg.describe()}", batch, seg.scale, length)
         for name, stream, (w, n) in zip(st.mix, streams, zip(st.mix.values(), mixture.counts().values())):
-            size = sizes[name] if name != BUFFER else _buffer_size(buffer_tokens, recipe.seq_len)
+            size = at_len(sizes[name] if name != BUFFER else _buffer_size(buffer_tokens, recipe.seq_len), length)
+            epoch_tokens[stream] = size.tokens
             before, after = cursors.get(stream, 0), cursors.get(stream, 0) + n
-            (u0, r0), (u1, r1) = seen(before, size, recipe.seq_len), seen(after, size, recipe.seq_len)
-            plan.uses.append(SourceUse(name, w, n, n * recipe.seq_len, u1 - u0, r1 - r0,
-                                       after / size.samples_per_epoch))
-        cursors = mixture.cursors_after()
+            (u0, r0), (u1, r1) = seen(before, size, length), seen(after, size, length)
+            plan.uses.append(SourceUse(name, w, n, n * length, u1 - u0, r1 - r0, after / size.samples_per_epoch))
+        following = recipe.stage_len(recipe.stages[min(i + 1, len(recipe.stages) - 1)])
+        cursors = {k: carry(c, epoch_tokens[k], length, following) for k, c in mixture.cursors_after().items()}
         if st.buffer_add is not None:
             buffer_tokens += budget_tokens(st.buffer_add, _distinct(sizes[st.buffer_add.source]))
             version += 1
         plans.append(plan)
     return plans
+
+
+def at_len(size: SourceSize, seq_len: int) -> SourceSize:
+    """A source's size counted in samples of another length (the same epoch tokens)."""
+    return SourceSize(max(1, size.tokens // seq_len), size.tokens, size.exact, size.distinct)
 
 
 def _distinct(size: SourceSize) -> int:
@@ -110,7 +120,7 @@ def _buffer_size(tokens: int, seq_len: int) -> SourceSize:
 
 def plan_warnings(recipe: Recipe, segments: list[Segment], plans: list[StagePlan], sizes: dict[str, SourceSize],
                   max_epochs: float) -> list[str]:
-    out = start_point_warnings(recipe, segments)
+    out = start_point_warnings(recipe, segments) + shorter_context_warnings(recipe)
     for plan in plans:
         for use in plan.uses:
             if use.epochs_end > max_epochs:
@@ -129,6 +139,23 @@ def plan_warnings(recipe: Recipe, segments: list[Segment], plans: list[StagePlan
     return out
 
 
+def shorter_context_warnings(recipe: Recipe) -> list[str]:
+    """VinaSmol lost its 8k context when a later stage trained at 2048 and nobody noticed: a
+    stage shorter than a context the plan extended to (with `rope:`) is pointed out."""
+    out, longest, extended = [], recipe.seq_len, False
+    for st in recipe.stages:
+        if st.kind == "merge":
+            continue
+        length = recipe.stage_len(st)
+        extended = extended or st.rope is not None
+        if extended and length < longest:
+            out.append(f"stage {st.name}: trains at seq_len {length:,}, shorter than the {longest:,} an earlier "
+                       "stage extended the context to; long-context ability fades when it is not trained (give "
+                       f"this stage seq_len: {longest}, or upsample long documents)")
+        longest = max(longest, length) if extended else longest
+    return out
+
+
 def start_point_warnings(recipe: Recipe, segments: list[Segment]) -> list[str]:
     """The cookbook's first rule: continue from a checkpoint at LR_max, before any cooldown. A stage
     that holds the LR it inherits, starting from a cooled-down point, would hold the decayed LR; a
@@ -138,7 +165,7 @@ def start_point_warnings(recipe: Recipe, segments: list[Segment]) -> list[str]:
         holds = isinstance(st.schedule, HOLDING) and getattr(st.schedule, "lr", None) is None
         # Strategy 4 decays from the LR where it starts: that has to be LR_max too
         strategy4 = isinstance(st.strategy, Strategy4) and not isinstance(st.schedule, ContinueSchedule)
-        if not (holds or strategy4) or st.init == "base" or (i == 0 and st.init == "previous"):
+        if not (holds or strategy4) or st.init == "base" or (i == 0 and st.init == "previous") or st.kind == "merge":
             continue
         if st.init_path is not None:
             phase = checkpoint_phase(st.init_path)
@@ -173,6 +200,14 @@ def relora_line(c, total: int, step: int) -> str:
             f"(prune {c.prune.method} {c.prune.ratio:g})")
 
 
+def rope_words(rope) -> str:
+    if rope is None:
+        return ""
+    parts = [] if rope.theta is None else [f"theta {rope.theta:g}"]
+    parts += [] if rope.scaling is None else [f"{rope.scaling.type} x{rope.scaling.factor:g}"]
+    return "; rope " + ", ".join(parts)
+
+
 def format_plan(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, SourceSize], warnings: list[str]) -> str:
     lines = [f"{len(plans)} stage(s); {recipe.batch_tokens:,} tokens per step "
              f"({recipe.accum_steps} x {recipe.micro_batch} x {recipe.seq_len})", "sources (training tokens):"]
@@ -183,8 +218,14 @@ def format_plan(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, SourceS
         add = st.buffer_add
         extra = (f"; then {budget_tokens(add, _distinct(sizes[add.source])):,} tokens of {add.source} -> buffer "
                  f"({add.policy})" if add else "")
+        if st.kind == "merge":
+            pairs = ", ".join(f"{w:.4g} x {c}" for w, c in zip(merge_weights(st), st.checkpoints))
+            lines.append(f"stage {plan.name}: merge ({st.method}) {pairs}; fresh optimizer moments")
+            continue
         lines.append(f"stage {plan.name}: {plan.steps} steps, {plan.tokens:,} tokens, init {st.init}, "
                      f"lr {plan.lr_start:.3g} -> {plan.lr_end:.3g}{extra}")
+        if plan.seq_len != recipe.seq_len or st.rope is not None:
+            lines.append(f"    seq_len {plan.seq_len:,}{rope_words(st.rope)}")
         if st.strategy is not None:
             params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in st.strategy.model_dump().items() if k != "name" and v is not None)

@@ -22,6 +22,7 @@ from .checkpoint.integrity import verify as verify_checkpoint
 from .errors import CptError, RecipeError
 from .train.guard_cfg import NonFiniteCfg
 from .model.relora_cfg import ReLoRACfg
+from .model.rope import RopeCfg, context_problems
 from .distributed.config import DistributedCfg
 from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, PositiveLR, Schedule, ConstantSchedule, Segment,
                         decays, plan_segments)
@@ -143,6 +144,10 @@ class StageCfg(Strict):
     strategy: presets.Strategy | None = None  # a cookbook preset; expands when the recipe loads
     schedule: Schedule = ConstantSchedule(kind="constant")
     batch_tokens: int | None = Field(None, gt=0, le=MAX_BATCH_TOKENS)  # this stage's step, if not the recipe's
+    # tokens per sample; default: the previous stage's (the recipe's for the first), so that a
+    # context extension is never silently undone by a later stage
+    seq_len: int | None = Field(None, gt=1, le=MAX_SEQ_LEN)
+    rope: RopeCfg | None = None  # the RoPE base and scaling from this stage on (model/rope.py)
     # the LR a stage inherits is scaled by sqrt(k) or k when its batch is k x its starting point's
     lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
     # AdamW moments at the stage start: kept, fresh, or fresh only for newly trainable parameters
@@ -227,15 +232,23 @@ class Recipe(Strict):
     def accum_steps(self) -> int:
         return self.batch_tokens // (self.seq_len * self.micro_batch)
 
+    @property
+    def max_seq_len(self) -> int:
+        return max([self.seq_len] + [self.stage_len(st) for st in self.stages])
+
     def stage_batch(self, stage: StageCfg) -> int:
         """Tokens per optimizer step in a stage."""
         return stage.batch_tokens or self.batch_tokens
 
+    def stage_len(self, stage: StageCfg) -> int:
+        """Tokens per sample in a stage (filled in at load: the previous stage's when not given)."""
+        return stage.seq_len or self.seq_len
+
     def stage_samples(self, stage: StageCfg) -> int:
-        return self.stage_batch(stage) // self.seq_len
+        return self.stage_batch(stage) // self.stage_len(stage)
 
     def stage_accum(self, stage: StageCfg) -> int:
-        return self.stage_batch(stage) // (self.seq_len * self.micro_batch)
+        return self.stage_batch(stage) // (self.stage_len(stage) * self.micro_batch)
 
     def stage_steps(self, stage: StageCfg) -> int:
         """Optimizer steps of a stage: its token budget rounded down to whole steps."""
@@ -280,7 +293,7 @@ def load_recipe(path: str | Path) -> Recipe:
         recipe = Recipe.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as e:
         raise RecipeError(path, [_describe(err) for err in e.errors()]) from None
-    recipe = _resolve_init_paths(recipe, path.resolve().parent)
+    recipe = _resolve_seq_lens(_resolve_init_paths(recipe, path.resolve().parent))
     problems = check_recipe(recipe)
     if not problems:  # presets expand into plain stages; then the LRs they imply are checked
         recipe, problems = presets.expand(recipe)
@@ -297,6 +310,15 @@ def _resolve_init_paths(r: Recipe, base_dir: Path) -> Recipe:
         if st.init_path is not None and not st.init_path.is_absolute():
             st = st.model_copy(update={"init": str(base_dir / st.init_path)})
         stages.append(st)
+    return r.model_copy(update={"stages": stages})
+
+
+def _resolve_seq_lens(r: Recipe) -> Recipe:
+    """Each stage's `seq_len`: its own, else the previous stage's (the recipe's for the first)."""
+    stages, length = [], r.seq_len
+    for st in r.stages:
+        length = st.seq_len or length
+        stages.append(st if st.seq_len else st.model_copy(update={"seq_len": length}))
     return r.model_copy(update={"stages": stages})
 
 
@@ -354,8 +376,8 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
     unit = r.seq_len * r.micro_batch
     if r.batch_tokens % unit:
         p(f"batch_tokens: {r.batch_tokens} is not a multiple of seq_len x micro_batch = {unit}")
-    if r.validation.tokens_per_source < r.seq_len:
-        p(f"validation.tokens_per_source: {r.validation.tokens_per_source} is below seq_len ({r.seq_len})")
+    if r.validation.tokens_per_source < r.max_seq_len:  # validation windows are the longest seq_len
+        p(f"validation.tokens_per_source: {r.validation.tokens_per_source} is below seq_len ({r.max_seq_len})")
 
     for name, src in r.sources.items():
         if expanded:
@@ -395,9 +417,9 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         if "tokens" not in st.model_fields_set and not expanded:
             p(f"{where}.tokens: required key is missing")
             continue
-        batch = r.stage_batch(st)
-        if st.batch_tokens is not None and st.batch_tokens % unit:
-            p(f"{where}.batch_tokens: {st.batch_tokens} is not a multiple of seq_len x micro_batch = {unit}")
+        batch, length = r.stage_batch(st), r.stage_len(st)
+        if (st.batch_tokens is not None or length != r.seq_len) and batch % (length * r.micro_batch):
+            p(f"{where}.batch_tokens: {batch} is not a multiple of seq_len x micro_batch = {length * r.micro_batch}")
         if st.tokens < batch:
             p(f"{where}.tokens: {st.tokens} is less than one optimizer step (batch_tokens = {batch})")
         preset = st.strategy is not None and not expanded
@@ -411,8 +433,8 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         if st.buffer_add is not None and (st.buffer_add.tokens is None) == (st.buffer_add.fraction is None):
             p(f"{where}.buffer_add: give exactly one of `tokens` (a count) or `fraction` (of the source's "
               "training tokens) as the budget")
-        elif st.buffer_add is not None and st.buffer_add.tokens is not None and st.buffer_add.tokens < r.seq_len:
-            p(f"{where}.buffer_add.tokens: {st.buffer_add.tokens} is less than one sample (seq_len = {r.seq_len})")
+        elif st.buffer_add is not None and st.buffer_add.tokens is not None and st.buffer_add.tokens < r.max_seq_len:
+            p(f"{where}.buffer_add.tokens: {st.buffer_add.tokens} is less than one sample (seq_len = {r.max_seq_len})")
         problems += _check_init(r, i, where)
         if st.relora is not None and preset and isinstance(st.strategy, presets.Strategy4):
             p(f"{where}.relora: not with strategy4, which splits the stage where the LR crosses a threshold (the "
@@ -435,6 +457,8 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
                 p(f"{where}.new: `{n}` is not in this stage's mix")
         buffer_filled = buffer_filled or st.buffer_add is not None
 
+    if expanded and not problems:  # the model's positions and rotary embeddings, read from its config
+        problems += context_problems(r)
     if r.eval.every_tokens is not None and r.eval.every_tokens < r.batch_tokens:
         p(f"eval.every_tokens: {r.eval.every_tokens} is less than one optimizer step ({r.batch_tokens})")
     if r.checkpoint.every_tokens is not None and r.checkpoint.every_tokens < r.batch_tokens:

@@ -87,3 +87,14 @@ class PackedStream:
     def epochs_at(self, samples: int) -> float:
         """How many passes over this source `samples` samples make."""
         return samples / self.samples_per_epoch
+
+
+def carry(samples: int, epoch_tokens: int, from_len: int, to_len: int) -> int:
+    """A cursor moved to another sample length: the first `to_len` sample that starts at or after
+    the end of the first `samples` samples of `from_len` (same epochs: their order depends on the
+    seed and the source only). Nothing is read twice; at most to_len - 1 tokens are skipped."""
+    if from_len == to_len:
+        return samples
+    epoch, index = divmod(samples, epoch_tokens // from_len)
+    per_epoch = epoch_tokens // to_len
+    return epoch * per_epoch + min(-(-index * from_len // to_len), per_epoch)  # past the last: the next epoch

@@ -56,7 +56,11 @@ class RunData:
         if leader:
             write_json_atomic(keys_path, {n: s.tokenized.key for n, s in self.sources.items()})
         self.buffer = ReplayBuffer(out / "buffer")
-        self._buffer_streams: dict[int, PackedStream] = {}
+        self._streams: dict[tuple[str, int], PackedStream] = {}  # (stream, seq_len): other lengths, buffers
+        for st in recipe.stages:  # a source shorter than one sample of a stage that reads it: now, not then
+            for name in st.mix or {}:
+                if name != BUFFER:
+                    self.stream(name, recipe.stage_len(st))
 
     def _check_buffer_budgets(self) -> None:
         """A buffer_add larger than its source would be capped silently at the stage's end."""
@@ -93,19 +97,27 @@ class RunData:
         return SourceData(tok, train_ids, val_ids, stream)
 
     def validation(self) -> dict[str, torch.Tensor]:
+        """Windows of the longest seq_len: a context extension is measured over its whole length."""
         r = self.recipe
-        return {n: validation_windows(s.stream.shard, s.val_ids, r.validation.tokens_per_source, r.seq_len)
+        return {n: validation_windows(s.stream.shard, s.val_ids, r.validation.tokens_per_source, r.max_seq_len)
                 for n, s in self.sources.items()}
 
     def stream_name(self, mix_name: str, buffer_version: int) -> str:
         return self.buffer.stream_name(buffer_version) if mix_name == BUFFER else mix_name
 
-    def stream(self, name: str) -> PackedStream:
-        if name in self.sources:
+    def stream(self, name: str, seq_len: int | None = None) -> PackedStream:
+        """A source's (or a buffer version's, `buffer@v2`) samples of `seq_len` tokens (default:
+        the recipe's). Every length cuts the same epochs (packing.carry moves between them)."""
+        seq_len = seq_len or self.recipe.seq_len
+        if name in self.sources and seq_len == self.recipe.seq_len:
             return self.sources[name].stream
-        version = int(name.rsplit("@v", 1)[1])
-        if version not in self._buffer_streams:
-            shard = self.buffer.shard(version)
-            self._buffer_streams[version] = PackedStream(name, shard, np.arange(len(shard)),
-                                                         self.recipe.seq_len, self.recipe.seed)
-        return self._buffer_streams[version]
+        if (name, seq_len) not in self._streams:
+            if name in self.sources:
+                src, up = self.sources[name], self.recipe.sources[name].upsample_long
+                stream = PackedStream(name, src.stream.shard, src.train_ids, seq_len, self.recipe.seed,
+                                      upsample=None if up is None else (up.min_tokens, up.factor))
+            else:
+                shard = self.buffer.shard(int(name.rsplit("@v", 1)[1]))
+                stream = PackedStream(name, shard, np.arange(len(shard)), seq_len, self.recipe.seed)
+            self._streams[(name, seq_len)] = stream
+        return self._streams[(name, seq_len)]

@@ -63,6 +63,14 @@ class Dist:
         dist.all_reduce(t)
         return float(t)
 
+    def sum_tensor(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The element-wise sum of a per-rank tensor over all ranks (on the CPU)."""
+        if self.world == 1:
+            return t
+        t = t.to(device)
+        dist.all_reduce(t)
+        return t.cpu()
+
     def mean(self, value: float, device: torch.device) -> float:
         """The mean of a per-rank number over all ranks."""
         return self.sum(value, device) / self.world

@@ -27,6 +27,8 @@ from cpt.report.tables import (
     markdown_table,
 )
 
+from cpt.report.positions import PLOT as POSITION_PLOT, plot_positions, position_section
+
 PLOTS_DIR = "plots"
 PLOT_FILES = {"val_loss": "val_loss.png", "lr": "lr.png", "train_loss": "train_loss.png"}
 
@@ -443,8 +445,9 @@ def build_markdown(summary: Mapping[str, Any], run_dir: Path, title: str,
         forgetting_section(summary),
         adaptation_section(summary),
         val_loss_section(summary),
+        position_section(summary, PLOTS_DIR),
     ]
-    return "\n\n".join(sections) + "\n"
+    return "\n\n".join(s for s in sections if s) + "\n"
 
 
 # ------------------------------------------------------------------------ entry
@@ -459,6 +462,7 @@ def write_report(run_dir: Path, title: str | None = None) -> Path:
     plot_val_loss(summary, records, plots / PLOT_FILES["val_loss"])
     plot_lr(summary, records, plots / PLOT_FILES["lr"])
     plot_train_loss(summary, records, plots / PLOT_FILES["train_loss"])
+    plot_positions(summary, plots / POSITION_PLOT, _pyplot, _save)
     report = run_dir / "report.md"
     atomic_write_text(report, build_markdown(summary, run_dir, title or f"CPT run report: {run_dir.name}", records))
     return report

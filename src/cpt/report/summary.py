@@ -52,9 +52,13 @@ def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
                        "steps": recipe.stage_steps(st), "mix": st.mix, "lr_start": step_lr(seg, 0, recipe.stage_batch(st)),
                        "lr_end": seg.end_lr, "new_sources": new, "earlier_sources": earlier,
                        "val_loss_start": start["val_loss"], "val_loss_end": end["val_loss"],
+                       "kind": st.kind, "seq_len": recipe.stage_len(st),
+                       # by token position: the means in the buckets between `position_edges`
+                       "position_loss_start": start.get("position_loss"), "position_loss_end": end.get("position_loss"),
                        "data_seen_end": data.get(st.name, {}),
                        # steps with a NaN/Inf loss or gradient, which made no update (train/guard.py)
                        "skipped_steps": [r["step"] for r in records
                                          if r.get("kind") == "train" and r.get("stage") == st.name and r.get("skipped")],
                        **({"relora": _relora(st, records)} if st.relora else {})})
-    return {"sources": list(recipe.sources), "base_val_loss": base, "stages": stages}
+    edges = next((r["position_edges"] for r in evals if "position_edges" in r), None)
+    return {"sources": list(recipe.sources), "base_val_loss": base, "position_edges": edges, "stages": stages}

@@ -14,8 +14,10 @@ import torch
 from ..distributed.fsdp import load_full_state
 from ..eval.document_loss import document_losses
 from ..data.mixture import StageMixture
-from ..eval.validation import evaluate
+from ..data.packing import carry
+from ..eval.validation import evaluate_positions, position_edges
 from ..model.load import build_model
+from ..model.rope import apply_context, context_at
 from ..model.trainable import set_trainable, train_rows, trainable_params
 from ..plan import SourceSize, seen
 from ..recipe import StageCfg, budget_tokens
@@ -52,14 +54,18 @@ def plan_stage(run, index: int) -> Stage:
 def batch(run, stage: Stage, step: int) -> torch.Tensor:
     """Token ids of step `step`, the global batch (samples, seq_len) in mixture order, on the CPU:
     the same for any number of ranks (`run.local` takes this rank's part)."""
-    rows = [run.data.stream(name).sample(s) for name, s in stage.mixture.step(step)]
+    length = run.recipe.stage_len(stage.cfg)
+    rows = [run.data.stream(name, length).sample(s) for name, s in stage.mixture.step(step)]
     return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
 def run_eval(run, stage: Stage, tag: str) -> dict[str, float]:
-    losses = evaluate(run.model, run.validation, run.recipe.micro_batch, run.device, run.autocast, run.dist)
+    """Per-source validation loss, and by token position (buckets of `position_edges`)."""
+    losses, positions = evaluate_positions(run.model, run.validation, run.recipe.micro_batch, run.device,
+                                           run.autocast, run.dist)
     run.metrics.write({"kind": "eval", "stage": stage.name, "tag": tag, "step": run.state.global_step,
-                       "tokens": run.state.tokens, "val_loss": losses})
+                       "tokens": run.state.tokens, "val_loss": losses, "position_loss": positions,
+                       "position_edges": position_edges(run.recipe.max_seq_len)})
     return losses
 
 
@@ -88,14 +94,21 @@ def log_save(run, name: str, blocked: float | None) -> None:
                        "async": run.checkpoints.asynchronous, "blocked_s": blocked})
 
 
+def cursor_len(run) -> int:
+    """The sample length the run's cursors count in: the current stage's (end_stage carries them
+    to the next stage's; after the last, the last's)."""
+    stages = run.recipe.stages
+    return run.recipe.stage_len(stages[min(run.state.stage_index, len(stages) - 1)])
+
+
 def data_seen(run, cursors: dict[str, int]) -> dict[str, dict]:
     """Per stream, what training has read so far: samples, tokens, unique and repeated tokens,
-    epochs. A buffer version is its own stream (`buffer@v2`)."""
-    out = {}
+    epochs. A buffer version is its own stream (`buffer@v2`). Samples count at `cursor_len`."""
+    out, length = {}, cursor_len(run)
     for name, n in sorted(cursors.items()):
-        stream = run.data.stream(name)
+        stream = run.data.stream(name, length)
         size = SourceSize(stream.samples_per_epoch, stream.epoch_tokens, distinct=stream.distinct_tokens)
-        unique, repeated = seen(n, size, run.recipe.seq_len)
+        unique, repeated = seen(n, size, length)
         out[name] = {"samples": n, "tokens": unique + repeated, "unique_tokens": unique,
                      "repeated_tokens": repeated, "epochs": n / stream.samples_per_epoch}
     return out
@@ -104,10 +117,23 @@ def data_seen(run, cursors: dict[str, int]) -> dict[str, dict]:
 def begin_stage(run, stage: Stage) -> None:
     """Freeze what the stage does not train (again after a resume), then enter it once."""
     set_trainable(run.model, stage.cfg.trainable, f"stages[{stage.index}].trainable")
+    set_context(run, stage)
     if not run.state.entered:
         enter_stage(run, stage)
     start_rows(run, stage.index)
     run.hooks.on_stage_begin(run, stage)
+
+
+def set_context(run, stage: Stage) -> None:
+    """The RoPE parameters and positions the stage trains with (model/rope.py), before its start
+    eval: that eval measures the change itself. Recomputed on a resume (they are not saved)."""
+    params, positions = run.context
+    if params is None:  # no rotary embeddings (the recipe refused any `rope:`)
+        return
+    params, positions = context_at(params, positions, run.recipe.stages, stage.index)
+    if apply_context(run.model, params, positions):
+        run.metrics.write({"kind": "context", "stage": stage.name, "seq_len": run.recipe.stage_len(stage.cfg),
+                           "max_position_embeddings": positions, "rope_parameters": params})
 
 
 def start_rows(run, index: int) -> None:
@@ -181,15 +207,21 @@ def end_stage(run, stage: Stage) -> None:
     add = stage.cfg.buffer_add
     if add is not None:
         src, r = run.data.sources[add.source], run.recipe
-        score = partial(document_losses, run.model, seq_len=r.seq_len, device=run.device,
+        score = partial(document_losses, run.model, seq_len=r.stage_len(stage.cfg), device=run.device,
                         batch_size=r.micro_batch, autocast=run.autocast)
         s.buffer_version = run.data.buffer.add(s.buffer_version, stage.name, add.source, src.stream.shard,
                                                src.train_ids, budget_tokens(add, src.stream.distinct_tokens), r.seed,
                                                policy=add.policy, pool=add.pool, score=score, write=run.dist.is_main)
         run.dist.barrier()  # the new version is on disk before any rank reads it
     s.stage_index, s.stage_step, s.entered = stage.index + 1, 0, False
+    s.cursors = carry_cursors(run, s.cursors, run.recipe.stage_len(stage.cfg), cursor_len(run))
     stop_rows(run)  # the rows go back into their matrix: `@final` holds the plain model
     save_checkpoint(run, stage, f"{stage.name}@final", stage.segment.end_lr, stage.segment.total)
+
+
+def carry_cursors(run, cursors: dict[str, int], from_len: int, to_len: int) -> dict[str, int]:
+    """Every stream's cursor in samples of the next stage's length (tokens are the unit)."""
+    return {name: carry(n, run.data.stream(name, from_len).epoch_tokens, from_len, to_len) for name, n in cursors.items()}
 
 
 def _crossed(tokens: int, step_tokens: int, every: int) -> bool:

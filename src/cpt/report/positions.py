@@ -1,0 +1,67 @@
+"""The report's view of a context extension: validation loss by token position at the start and
+end of each stage whose `seq_len` differs from the stage before it (a table and a plot)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cpt.report.tables import markdown_table
+
+PLOT = "position_loss.png"
+
+
+def changed_stages(summary: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Stages that train at another length than the training stage before them."""
+    out, before = [], None
+    for st in summary.get("stages", []):
+        if st.get("kind") == "merge" or st.get("seq_len") is None:
+            continue
+        if before is not None and st["seq_len"] != before and st.get("position_loss_end"):
+            out.append(st)
+        before = st["seq_len"]
+    return out
+
+
+def _buckets(edges: list[int]) -> list[str]:
+    return [f"{a}-{b}" for a, b in zip(edges, edges[1:])]
+
+
+def position_section(summary: Mapping[str, Any], plots_dir: str) -> str | None:
+    edges, stages = summary.get("position_edges"), changed_stages(summary)
+    if not edges or not stages:
+        return None
+    names = _buckets(edges)
+    keys = [f"b{i}" for i in range(len(names))]
+    rows = []
+    for st in stages:
+        for point in ("start", "end"):
+            for source, losses in (st.get(f"position_loss_{point}") or {}).items():
+                rows.append({"stage": st["name"], "point": point, "source": source, **dict(zip(keys, losses))})
+    lines = ["## Loss by token position", "",
+             "Validation loss of the tokens at each position range (windows of the longest seq_len), at the start "
+             "and end of each stage that changes seq_len: "
+             + ", ".join(f"`{st['name']}` ({st['seq_len']:,})" for st in stages) + ".", "",
+             markdown_table(rows, ["stage", "point", "source", *keys], headers=["stage", "point", "source", *names]),
+             "", f"![Loss by token position]({plots_dir}/{PLOT})"]
+    return "\n".join(lines)
+
+
+def plot_positions(summary: Mapping[str, Any], path: Path, pyplot, save) -> None:
+    """One line per (stage, point, source) over the buckets' upper edges (log scale)."""
+    edges, stages = summary.get("position_edges"), changed_stages(summary)
+    if not edges or not stages:
+        return
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for st in stages:
+        for point, style in (("start", "--"), ("end", "-")):
+            for source, losses in (st.get(f"position_loss_{point}") or {}).items():
+                ax.plot(edges[1:], losses, style, marker="o", markersize=3.5, label=f"{st['name']} {point}: {source}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("token position (bucket's end)")
+    ax.set_ylabel("validation loss")
+    ax.set_title("Loss by token position, before and after the context change")
+    ax.legend(loc="best", fontsize=7)
+    save(fig, path)

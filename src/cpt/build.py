@@ -25,6 +25,7 @@ from .model.trainable import trainable_params
 from .train.guard import NonFiniteGuard
 from .train.relora import ReLoRA
 from .train.merge import check_merges
+from .train.upscale import check_upscales
 from .train.hooks import Hooks
 from .train.saves import SealSaves
 from .train.metrics import MetricsLog
@@ -96,6 +97,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     check_extension(model, tokenizer, new_ids, recipe.model.path)
     check_relora(recipe, model)
     check_merges(recipe, model)  # all before --out is touched: a refused run leaves it as it was
+    check_upscales(recipe, model, d.world)
     folder = None
     if d.is_main:  # one process claims, locks and writes the folder; the others wait for it
         folder = claim_out_dir(out, resume, recipe_hash, checkpoints, recipe_path)

@@ -209,7 +209,7 @@ def expand(r: Recipe) -> tuple[Recipe, list[str]]:
     out: list[StageCfg] = []
     problems: list[str] = []
     for i, st in enumerate(r.stages):
-        s = st.strategy
+        s, first = st.strategy, len(out)
         if st.kind == "merge":  # its checkpoints may be named by the stages expanded so far
             done = r.model_copy(update={"stages": out})
             out.append(expand_merge(done, st, plan_segments(done)))
@@ -228,6 +228,8 @@ def expand(r: Recipe) -> tuple[Recipe, list[str]]:
             elif isinstance(s, CooldownMix):
                 update["schedule"] = CooldownSchedule(kind="cooldown", shape=s.shape, to=s.to)
             out.append(st.model_copy(update=update))
+        # a stage that expands into several up-scales once, at the first of them
+        out[first + 1:] = [x.model_copy(update={"upscale": None}) for x in out[first + 1:]]
     return r.model_copy(update={"stages": out}), problems
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, AfterValidator
+from pydantic import Field, ValidationError, ValidationInfo, AfterValidator, model_validator
 
 from . import merging, presets
 from .config import MAX_LR, MAX_TOKENS, RecipeLoader, Strict, read_json_object
@@ -23,6 +23,7 @@ from .errors import CptError, RecipeError
 from .train.guard_cfg import NonFiniteCfg
 from .model.relora_cfg import ReLoRACfg
 from .model.rope import RopeCfg, context_problems
+from .model.upscale import UpscaleCfg, depth_problems
 from .distributed.config import DistributedCfg
 from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, PositiveLR, Schedule, ConstantSchedule, Segment,
                         decays, plan_segments)
@@ -156,8 +157,10 @@ class StageCfg(Strict):
     trainable: list[Literal["all", "input_embeddings", "output_embeddings", "layers", "norms", "new_input_rows",
                             "new_output_rows"]] = Field(["all"], min_length=1)
     buffer_add: BufferAddCfg | None = None
-    # previous | base | <stage>@final | <stage>@pre-cooldown | a checkpoint folder
+    # previous | base | <stage>@final | <stage>@pre-cooldown | a checkpoint folder; or
+    # {upscale: {drop: M} | {layers: [...]}, from: <one of those>}: that point, up-scaled (`upscale`)
     init: str = "previous"
+    upscale: UpscaleCfg | None = None
     # sources whose data is new in this stage (adaptation is measured on them); default: the
     # `buffer_add` source, else the mix's sources that no earlier stage trained on.
     new: list[str] | None = None
@@ -169,6 +172,18 @@ class StageCfg(Strict):
     weights: list[float] | None = None
     method: Literal["linear", "ema"] = "linear"
     ema_beta: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upscale_init(cls, data):
+        """`init: {upscale: {...}, from: X}` is `init: X` (default previous) plus `upscale: {...}`."""
+        init = data.get("init") if isinstance(data, dict) else None
+        if isinstance(init, dict) and "upscale" in init and "upscale" not in data:
+            rest = {k: v for k, v in init.items() if k not in ("upscale", "from")}
+            if rest:
+                raise ValueError(f"init: unknown key `{next(iter(rest))}` beside upscale (give upscale and from)")
+            data = {**data, "init": init.get("from", "previous"), "upscale": init["upscale"]}
+        return data
 
     @property
     def init_ref(self) -> tuple[str, str] | None:
@@ -458,7 +473,7 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         buffer_filled = buffer_filled or st.buffer_add is not None
 
     if expanded and not problems:  # the model's positions and rotary embeddings, read from its config
-        problems += context_problems(r)
+        problems += context_problems(r) + depth_problems(r)
     if r.eval.every_tokens is not None and r.eval.every_tokens < r.batch_tokens:
         p(f"eval.every_tokens: {r.eval.every_tokens} is less than one optimizer step ({r.batch_tokens})")
     if r.checkpoint.every_tokens is not None and r.checkpoint.every_tokens < r.batch_tokens:

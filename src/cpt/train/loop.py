@@ -11,6 +11,7 @@ from ..data.prefetch import Prefetcher
 from ..errors import CptError
 from .stages import after_step, batch, begin_stage, end_stage, log_save, plan_stage, run_eval, start_rows
 from .step import train_step
+from .upscale import restore_depth
 
 
 def train(run) -> None:
@@ -59,6 +60,7 @@ def resume(run) -> bool:
         run.hooks.load_state_dict(meta.get("hooks") if isinstance(meta.get("hooks"), dict) else {})
     except (ValueError, TypeError, AttributeError) as e:
         raise CptError(f"{path / 'meta.json'}: {e}; resume from another checkpoint or start a new --out") from None
+    restore_depth(run)  # the layers the checkpoint's model had, before anything takes their parameters
     if run.state.entered:  # saved inside a stage: its trainable rows are part of what was saved
         start_rows(run, run.state.stage_index)
     run.hooks.on_resume(run)  # a hook that changes the model (ReLoRA's adapters) rebuilds it first

@@ -24,6 +24,7 @@ from ..recipe import StageCfg, budget_tokens
 from ..schedules import Segment, step_lr
 from .merge import merge_checkpoints
 from .relora import load_plain
+from .upscale import upscale_stage
 from .step import StepResult, build_optimizer
 
 
@@ -162,6 +163,8 @@ def enter_stage(run, stage: Stage) -> None:
         path = run.checkpoints.path(init) if stage.cfg.init_ref else stage.cfg.init_path
         run.checkpoints.wait()  # it may be the save still being written
         load_plain(run, path)  # also one written inside a ReLoRA cycle
+    if stage.cfg.upscale is not None:  # SOLAR: the starting point's layers, stacked deeper; fresh moments
+        upscale_stage(run, stage.index)
     policy = stage.cfg.optimizer_state
     if policy == "reset":  # fresh AdamW moments and step count
         run.optimizer = build_optimizer(run.model, run.recipe.optimizer)

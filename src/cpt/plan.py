@@ -230,6 +230,8 @@ def format_plan(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, SourceS
             params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in st.strategy.model_dump().items() if k != "name" and v is not None)
             lines.append(f"    from strategy {st.strategy.name}" + (f" ({params})" if params else ""))
+            if st.strategy.name == "anneal":  # the mix it computed, in words
+                lines.append("    anneal mix: " + ", ".join(f"{n} {w:.4g}" for n, w in st.mix.items()))
         if st.trainable != ["all"] or st.optimizer_state != "keep":
             rows = "; new rows start with fresh moments" if any(g.startswith("new_") for g in st.trainable) else ""
             lines.append(f"    trainable {', '.join(st.trainable)}; optimizer state {st.optimizer_state}{rows}")

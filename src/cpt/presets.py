@@ -15,6 +15,9 @@ D0 or Di is split equally between the sources listed there.
 | cooldown-mix | A .33/.33/.34, B .05/.47/.48 | cooldown to `to` |
 | rewarm-replay | alpha0 / 1 - alpha0 / 0 (alpha0 0.05) | rewarm to `peak`, re-decay (Ibrahim et al.) |
 | eeve | the stage's own `mix` | the stage's own, over EEVE's 7 stages (4 when tied) of `trainable` |
+| anneal | `mix`, or the previous mix with a tag's sources upweighted to a share | hold, then decay to `to` |
+
+`wsm` and `soup-with-base` are presets of merge stages (merging.py).
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from .config import MAX_TOKENS, Strict
 from .merging import SoupWithBase, Wsm, expand_merge
 from .schedules import (ContinueSchedule, CooldownSchedule, FloorLR, Fraction, PositiveLR, RewarmSchedule, Segment,
-                        Shape, plan_segments, step_lr)
+                        Shape, WSDSchedule, plan_segments, step_lr)
 
 if TYPE_CHECKING:
     from .recipe import Recipe, StageCfg
@@ -100,6 +103,37 @@ class Eeve(Strict):
     tokens: list[Annotated[int, Field(gt=0, le=MAX_TOKENS)]] | None = None
 
 
+def _key_value(tag: str) -> str:
+    key, eq, value = tag.partition("=")
+    if not (eq and key.strip() and value.strip()):
+        raise ValueError(f"`{tag}` is not key=value; name a tag as a source's `tags:` give it, e.g. quality=high")
+    return tag
+
+
+class Upweight(Strict):
+    """The sources carrying `tag` (`key=value`, a source's `tags:`) together get `share`."""
+
+    tag: Annotated[str, AfterValidator(_key_value)]
+    share: Annotated[float, Field(gt=0, lt=1)]
+
+    def matches(self, tags: dict[str, str]) -> bool:
+        key, value = self.tag.split("=", 1)
+        return str(tags.get(key.strip())) == value.strip()
+
+
+class Anneal(Strict):
+    """Annealing as SmolLM2 and OLMo 2 do it: the LR decays to `to` over the last `decay` of the
+    stage (`shape`), while a new mix is in force: `mix` (weights), or the previous stage's mix with
+    the sources carrying a tag `upweight`ed to a share."""
+
+    name: Literal["anneal"]
+    shape: Shape = "linear"
+    decay: Annotated[float, Field(gt=0, le=1)] = 1.0
+    to: FloorLR = 0.0
+    mix: dict[str, Share] | None = None
+    upweight: Upweight | None = None
+
+
 # (suffix, trainable) of EEVE's seven stages; with tied embeddings input and output rows are one
 # matrix, so stages 1-3 and 4-5 collapse (the grouping of VinaSmol's SmolLM2 recipe)
 EEVE_STAGES = (("eeve1", ["new_input_rows"]), ("eeve2", ["new_output_rows"]),
@@ -115,12 +149,12 @@ def _by_name(value):
 
 
 Strategy = Annotated[
-    Union[Naive, Replay, BufferMix, Strategy4, Strategy5, CooldownMix, RewarmReplay, Eeve, Wsm, SoupWithBase],
+    Union[Naive, Replay, BufferMix, Strategy4, Strategy5, CooldownMix, RewarmReplay, Eeve, Anneal, Wsm, SoupWithBase],
     Field(discriminator="name"), BeforeValidator(_by_name),
 ]
-NAMES = ("naive", "replay", "buffer-mix", "strategy4", "strategy5", "cooldown-mix", "rewarm-replay", "eeve", "wsm",
-         "soup-with-base")
-SETS_SCHEDULE = (Strategy4, Strategy5, CooldownMix, RewarmReplay)
+NAMES = ("naive", "replay", "buffer-mix", "strategy4", "strategy5", "cooldown-mix", "rewarm-replay", "eeve", "anneal",
+         "wsm", "soup-with-base")
+SETS_SCHEDULE = (Strategy4, Strategy5, CooldownMix, RewarmReplay, Anneal)
 
 
 def check_stage(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> list[str]:
@@ -133,6 +167,8 @@ def check_stage(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> lis
         p(f"{where}.mix: the strategy `{s.name}` sets the mix; remove `mix` (or drop `strategy`)")
     if isinstance(s, SETS_SCHEDULE) and "schedule" in st.model_fields_set:
         p(f"{where}.schedule: the strategy `{s.name}` sets the schedule; remove `schedule`")
+    if isinstance(s, Anneal):
+        return problems + _check_anneal(r, st, where)
     if not st.new:
         p(f"{where}.new: the strategy `{s.name}` needs the stage's new data (Di): new: [source, ...]")
     weights = _weights(s)
@@ -144,6 +180,55 @@ def check_stage(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> lis
     if abs(sum(weights) - 1) > 1e-6:
         p(f"{where}.strategy.mix: weights {list(weights)} sum to {sum(weights):g}; they must sum to 1")
     return problems
+
+
+def _check_anneal(r: Recipe, st: StageCfg, where: str) -> list[str]:
+    """A target: weights, or a tag some source carries and a stage before whose mix it reweights.
+    The weights themselves are checked as any mix once the stage expands."""
+    s = st.strategy
+    if (s.mix is None) == (s.upweight is None):
+        return [f"{where}.strategy: give anneal exactly one of `mix` (target weights) or `upweight` "
+                "({tag: key=value, share: s})"]
+    if s.upweight is None:
+        return []
+    problems = []
+    if not any(s.upweight.matches(src.tags) for src in r.sources.values()):
+        carried = sorted({f"{k}={v}" for src in r.sources.values() for k, v in src.tags.items()})
+        problems.append(f"{where}.strategy.upweight.tag: no source carries `{s.upweight.tag}` (tags in this recipe: "
+                        f"{', '.join(carried) or 'none'}); add it to a source's `tags:`")
+    if not any(x.kind == "train" for x in r.stages[:r.stages.index(st)]):
+        problems.append(f"{where}.strategy.upweight: no stage before this one has a mix to reweight; give `mix`")
+    return problems
+
+
+def _anneal(r: Recipe, st: StageCfg, before: list[StageCfg]) -> StageCfg:
+    """The annealing stage: its mix (given, or the last training stage's with the tagged sources
+    upweighted) and its decay."""
+    s = st.strategy
+    mix = dict(s.mix) if s.mix is not None else upweighted(r, [x for x in before if x.kind == "train"][-1].mix,
+                                                            s.upweight)
+    schedule = WSDSchedule(kind="wsd", decay=s.decay, shape=s.shape, min_lr=s.to)
+    return st.model_copy(update={"mix": mix, "schedule": schedule})
+
+
+def upweighted(r: Recipe, previous: dict[str, float], up: Upweight) -> dict[str, float]:
+    """`previous` with the sources carrying the tag at `up.share` together (in proportion to their
+    previous weights; a tagged source the previous mix lacked counts as the tagged ones' mean, or
+    1 when none had weight) and the others scaled to the rest, in proportion."""
+    from .recipe import BUFFER
+
+    tagged = [n for n, src in r.sources.items() if up.matches(src.tags)]
+    had = [previous[n] for n in tagged if previous.get(n, 0) > 0]
+    fill = sum(had) / len(had) if had else 1.0
+    raw = {n: previous.get(n, 0) if previous.get(n, 0) > 0 else fill for n in tagged}
+    rest = {n: w for n, w in previous.items() if n not in raw and (n == BUFFER or n in r.sources)}
+    mix = {n: up.share * w / sum(raw.values()) for n, w in raw.items()}
+    if sum(rest.values()) > 0:
+        mix |= {n: (1 - up.share) * w / sum(rest.values()) for n, w in rest.items()}
+    else:  # the previous mix was all tagged sources: they keep everything
+        mix = {n: w / up.share for n, w in mix.items()}
+    order = list(previous) + [n for n in tagged if n not in previous]  # as the stage before had them
+    return {n: mix[n] for n in order if mix.get(n, 0) > 0}
 
 
 def _check_eeve(r: Recipe, st: StageCfg, where: str) -> list[str]:
@@ -217,6 +302,8 @@ def expand(r: Recipe) -> tuple[Recipe, list[str]]:
             out.append(st)
         elif isinstance(s, Eeve):
             out += _eeve(r, st)
+        elif isinstance(s, Anneal):
+            out.append(_anneal(r, st, out))
         elif isinstance(s, Strategy4):
             stages, problem = _strategy4(r.model_copy(update={"stages": out + [st]}), st, f"stages[{i}]")
             out += stages

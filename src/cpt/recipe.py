@@ -98,6 +98,7 @@ class SourceCfg(Strict):
     # text / lines / jsonl: a byte that is not UTF-8 is an error (strict) or reads as U+FFFD (replace)
     errors: Literal["strict", "replace"] = "strict"
     upsample_long: UpsampleCfg | None = None  # a sampling choice: not part of the shard's cache key
+    tags: dict[str, str] = {}  # e.g. {quality: high, kind: math}: what `strategy: anneal` can upweight
 
     def resolved_format(self) -> str:
         if self.format:

@@ -40,6 +40,7 @@ batch_tokens: 2048
 optimizer: {{lr: 2.0e-3}}
 validation: {{tokens_per_source: 2048}}
 checkpoint: {{every_tokens: 2048}}
+eval: {{passkey: {{lengths: [1024], depths: [0.5], trials: 1}}}}
 sources:
   stories: {{paths: [{corpora / "stories.txt"}], separator: "<|endoftext|>", upsample_long: {{min_tokens: 300, factor: 2}}}}
   math: {{paths: [{corpora / "math.jsonl"}], template: "{{question}}\\n{{answer}}"}}
@@ -112,6 +113,9 @@ def test_context_extension_stage_trains_resumes_and_exports(shared, tmp_path, mo
     assert end["position_loss"]["stories"][-1] < start["position_loss"]["stories"][-1]  # it learned 512-1024
     report = (out / "report.md").read_text()
     assert "Loss by token position" in report and "512-1024" in report
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["base_passkey"]) == {"1024"} and summary["stages"][1]["passkey_end"]["1024"]["0.5"] in (0, 1)
+    assert "## Passkey retrieval" in report
 
     # killed in the long stage's 2nd step, resumed: the same batches, losses and weights
     write_recipe(tmp_path, shared, "cut")

@@ -22,6 +22,7 @@ from .checkpoint.integrity import verify as verify_checkpoint
 from .errors import CptError, RecipeError
 from .train.guard_cfg import NonFiniteCfg
 from .model.relora_cfg import ReLoRACfg
+from .eval.passkey import PasskeyCfg
 from .model.rope import RopeCfg, context_problems
 from .model.upscale import UpscaleCfg, depth_problems
 from .distributed.config import DistributedCfg
@@ -205,6 +206,7 @@ class StageCfg(Strict):
 
 class EvalCfg(Strict):
     every_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS)
+    passkey: PasskeyCfg | None = None  # passkey retrieval at the base and each stage's start and end
 
 
 class CheckpointCfg(Strict):

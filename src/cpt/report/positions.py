@@ -65,3 +65,21 @@ def plot_positions(summary: Mapping[str, Any], path: Path, pyplot, save) -> None
     ax.set_title("Loss by token position, before and after the context change")
     ax.legend(loc="best", fontsize=7)
     save(fig, path)
+
+
+def passkey_section(summary: Mapping[str, Any]) -> str | None:
+    """Passkey-retrieval accuracy (mean over depths) by prompt length, at each evaluation point."""
+    points = [("–", "base", summary.get("base_passkey"))]
+    for st in summary.get("stages", []):
+        points += [(st["name"], "start", st.get("passkey_start")), (st["name"], "end", st.get("passkey_end"))]
+    points = [p for p in points if p[2]]
+    if not points:
+        return None
+    lengths = list(points[0][2])
+    rows = [{"stage": name, "point": point, **{f"l{n}": sum(acc[n].values()) / len(acc[n]) for n in lengths}}
+            for name, point, acc in points]
+    return "\n".join(["## Passkey retrieval", "",
+                      "Share of prompts whose greedy answer is the hidden number, by prompt length in tokens "
+                      "(mean over the needle depths; `cpt passkey` gives the full table).", "",
+                      markdown_table(rows, ["stage", "point", *[f"l{n}" for n in lengths]],
+                                     headers=["stage", "point", *[f"{int(n):,}" for n in lengths]])])

@@ -27,7 +27,7 @@ from cpt.report.tables import (
     markdown_table,
 )
 
-from cpt.report.positions import PLOT as POSITION_PLOT, plot_positions, position_section
+from cpt.report.positions import PLOT as POSITION_PLOT, passkey_section, plot_positions, position_section
 
 PLOTS_DIR = "plots"
 PLOT_FILES = {"val_loss": "val_loss.png", "lr": "lr.png", "train_loss": "train_loss.png"}
@@ -446,6 +446,7 @@ def build_markdown(summary: Mapping[str, Any], run_dir: Path, title: str,
         adaptation_section(summary),
         val_loss_section(summary),
         position_section(summary, PLOTS_DIR),
+        passkey_section(summary),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
 

@@ -61,4 +61,10 @@ def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
                                          if r.get("kind") == "train" and r.get("stage") == st.name and r.get("skipped")],
                        **({"relora": _relora(st, records)} if st.relora else {})})
     edges = next((r["position_edges"] for r in evals if "position_edges" in r), None)
-    return {"sources": list(recipe.sources), "base_val_loss": base, "position_edges": edges, "stages": stages}
+    out = {"sources": list(recipe.sources), "base_val_loss": base, "position_edges": edges, "stages": stages}
+    keys = {(r["stage"], r["tag"]): r["accuracy"] for r in records if r.get("kind") == "passkey"}
+    if keys:  # eval.passkey: accuracy by length and depth at the base and each stage's start and end
+        out["base_passkey"] = next((a for (_, tag), a in keys.items() if tag == "base"), None)
+        for st in stages:
+            st["passkey_start"], st["passkey_end"] = keys.get((st["name"], "start")), keys.get((st["name"], "end"))
+    return out

@@ -15,6 +15,7 @@ from ..distributed.fsdp import load_full_state
 from ..eval.document_loss import document_losses
 from ..data.mixture import StageMixture
 from ..data.packing import carry
+from ..eval.passkey import passkey_accuracy
 from ..eval.validation import evaluate_positions, position_edges
 from ..model.load import build_model
 from ..model.rope import apply_context, context_at
@@ -67,6 +68,11 @@ def run_eval(run, stage: Stage, tag: str) -> dict[str, float]:
     run.metrics.write({"kind": "eval", "stage": stage.name, "tag": tag, "step": run.state.global_step,
                        "tokens": run.state.tokens, "val_loss": losses, "position_loss": positions,
                        "position_edges": position_edges(run.recipe.max_seq_len)})
+    passkey = run.recipe.eval.passkey
+    if passkey is not None and tag != "periodic":
+        acc = passkey_accuracy(run.model, run.tokenizer, passkey, run.device, run.autocast)
+        run.metrics.write({"kind": "passkey", "stage": stage.name, "tag": tag, "step": run.state.global_step,
+                           "tokens": run.state.tokens, "accuracy": acc})
     return losses
 
 

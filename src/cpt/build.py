@@ -24,6 +24,7 @@ from .model import relora
 from .model.trainable import trainable_params
 from .train.guard import NonFiniteGuard
 from .train.relora import ReLoRA
+from .train import inputs
 from .train.merge import check_merges
 from .train.upscale import check_upscales
 from .train.hooks import Hooks
@@ -58,6 +59,7 @@ class Run:
     rows: list = field(default_factory=list)  # the TrainableRows of the stage running now
     # the starting model's (rope parameters, positions): what each stage's `rope:` changes
     context: tuple[dict | None, int] = (None, 0)
+    documents: object = None  # the inputs of stages with document_masking, once the model is seen to honour it
 
     def local(self, tokens: torch.Tensor) -> torch.Tensor:
         """This rank's part of a step's global batch, as (micro-batches, micro_batch, seq_len) on the device."""
@@ -98,6 +100,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     check_relora(recipe, model)
     check_merges(recipe, model)  # all before --out is touched: a refused run leaves it as it was
     check_upscales(recipe, model, d.world)
+    documents = check_documents(recipe, model, tokenizer)
     folder = None
     if d.is_main:  # one process claims, locks and writes the folder; the others wait for it
         folder = claim_out_dir(out, resume, recipe_hash, checkpoints, recipe_path)
@@ -112,12 +115,21 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
         data=data, validation=data.validation(), segments=segments,
         checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl", enabled=d.is_main), state=TrainState(),
         recipe_hash=recipe_hash, new_ids=new_ids, folder=folder, dist=d, throughput=throughput,
-        hooks=build_hooks(recipe), context=model_context(model),
+        hooks=build_hooks(recipe), context=model_context(model), documents=documents,
     )
     if d.is_main:
         checkpoints.check_space(model, run.optimizer)  # early: a week of training before the first save fails
         folder.record()  # what this run wrote so far: a restart before the first checkpoint removes only that
     return run
+
+
+def check_documents(recipe: Recipe, model, tokenizer):
+    """Document masking, when a stage asks for it: refused unless this model's attention keeps two
+    packed documents apart (train/inputs.py)."""
+    asking = [i for i, st in enumerate(recipe.stages) if st.document_masking]
+    if not asking:
+        return None
+    return inputs.check(model, tokenizer.eos_token_id, f"stages[{asking[0]}].document_masking")
 
 
 def model_context(model) -> tuple[dict | None, int]:

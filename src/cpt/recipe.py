@@ -151,6 +151,8 @@ class StageCfg(Strict):
     # context extension is never silently undone by a later stage
     seq_len: int | None = Field(None, gt=1, le=MAX_SEQ_LEN)
     rope: RopeCfg | None = None  # the RoPE base and scaling from this stage on (model/rope.py)
+    # position ids restart at each document and attention stays inside it (train/inputs.py)
+    document_masking: bool = False
     # the LR a stage inherits is scaled by sqrt(k) or k when its batch is k x its starting point's
     lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
     # AdamW moments at the stage start: kept, fresh, or fresh only for newly trainable parameters

@@ -33,7 +33,7 @@ def train(run) -> None:
                 waited = time.perf_counter() - t0
                 run.hooks.on_step_begin(run, stage)
                 result = train_step(run.model, run.optimizer, run.local(tokens), lr, r.optimizer.grad_clip, run.autocast,
-                                    run.dist)
+                                    run.dist, stage.inputs)
                 s.stage_step, s.global_step, s.tokens = s.stage_step + 1, s.global_step + 1, s.tokens + batch_tokens
                 seconds = time.perf_counter() - t0
                 after_step(run, stage, result, lr, seconds, tokens, waited)

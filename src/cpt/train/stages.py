@@ -23,6 +23,7 @@ from ..model.trainable import set_trainable, train_rows, trainable_params
 from ..plan import SourceSize, seen
 from ..recipe import StageCfg, budget_tokens
 from ..schedules import Segment, step_lr
+from .inputs import plain
 from .merge import merge_checkpoints
 from .relora import load_plain
 from .upscale import upscale_stage
@@ -36,6 +37,7 @@ class Stage:
     segment: Segment
     steps: int
     mixture: StageMixture
+    inputs: object = plain  # a micro-batch's model inputs (train/inputs.py)
 
     @property
     def name(self) -> str:
@@ -50,7 +52,8 @@ def plan_stage(run, index: int) -> Stage:
     r, st = run.recipe, run.recipe.stages[index]
     names = [run.data.stream_name(n, run.state.buffer_version) for n in st.mix]
     mixture = StageMixture(names, list(st.mix.values()), r.stage_steps(st), r.stage_samples(st), run.state.cursors)
-    return Stage(index, st, run.segments[index], r.stage_steps(st), mixture)
+    inputs = run.documents if st.document_masking else plain
+    return Stage(index, st, run.segments[index], r.stage_steps(st), mixture, inputs)
 
 
 def batch(run, stage: Stage, step: int) -> torch.Tensor:

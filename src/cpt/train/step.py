@@ -10,6 +10,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from ..distributed.env import Dist
+from .inputs import plain
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
@@ -38,9 +39,10 @@ class StepResult:
 
 
 def train_step(model, optimizer, micro_batches: torch.Tensor, lr: float, grad_clip: float | None,
-               autocast=contextlib.nullcontext, dist: Dist = Dist()) -> StepResult:
+               autocast=contextlib.nullcontext, dist: Dist = Dist(), inputs=plain) -> StepResult:
     """`micro_batches`: (accum, micro_batch, seq_len) token ids, this rank's part of the step;
-    labels are the inputs (the model shifts them). The loss of every micro-batch is scaled by
+    `inputs` makes the model's inputs of one (train/inputs.py: labels are the inputs, which the
+    model shifts; with document masking, positions too). The loss of every micro-batch is scaled by
     1/accum, and FSDP2 averages over ranks, so the gradient is the mean over the global batch.
     The loss returned is the global mean, the same on every rank."""
     for group in optimizer.param_groups:
@@ -49,7 +51,7 @@ def train_step(model, optimizer, micro_batches: torch.Tensor, lr: float, grad_cl
     total = torch.zeros((), device=micro_batches.device)
     for mb in micro_batches:
         with autocast():
-            loss = model(input_ids=mb, labels=mb).loss / accum
+            loss = model(**inputs(mb)).loss / accum
         loss.backward()
         total += loss.detach()
     params = [p for g in optimizer.param_groups for p in g["params"]]

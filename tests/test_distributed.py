@@ -49,7 +49,8 @@ def plan_recipe(dir: Path, shared: Path) -> Path:
     several ranks: stage `a` freezes the embeddings and replays the hardest wiki documents of
     its data (`hard`, scored on every rank); `b` is Strategy 4 from a's pre-cooldown checkpoint
     (the mix switches when the LR crosses LR_max/5), at twice the batch (the inherited LR scaled
-    by sqrt 2), with fresh moments for the embeddings it unfreezes; `c` replays the buffer."""
+    by sqrt 2), with fresh moments for the embeddings it unfreezes; `c` replays the buffer; `m`
+    merges three of the checkpoints."""
     import yaml
 
     stories = {"paths": [f"{shared}/corpora/en/tinystories.txt"], "separator": "<|endoftext|>"}
@@ -64,7 +65,10 @@ def plan_recipe(dir: Path, shared: Path) -> Path:
                     "buffer_add": {"source": "wiki", "tokens": 2000, "policy": "hard"}},
                    {"name": "b", "tokens": 4096, "batch_tokens": 1024, "init": "a@pre-cooldown", "new": ["wiki"],
                     "strategy": {"name": "strategy4", "N": 10, "alpha0": 0.7}, "optimizer_state": "reset-new"},
-                   {"name": "c", "tokens": 1024, "mix": {"stories": 0.5, "buffer": 0.5}}],
+                   {"name": "c", "tokens": 1024, "mix": {"stories": 0.5, "buffer": 0.5}},
+                   # each rank averages its own shards: the export (this merge) must equal one process's
+                   {"name": "m", "kind": "merge", "checkpoints": ["a@final", "c@final", "step-0000004"],
+                    "weights": [0.2, 0.5, 0.3]}],
     }
     path = dir / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))

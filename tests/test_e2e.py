@@ -29,6 +29,7 @@ sources:
   stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
   wiki: {{paths: [{shared}/corpora/en/wikipedia_en.txt], format: lines}}
 validation: {{tokens_per_source: 2048}}
+data_dir: shards  # beside the recipe: the runs of this module tokenize once
 stages:
   - name: a
     tokens: 20480

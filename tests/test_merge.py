@@ -165,3 +165,14 @@ def test_merge_of_a_checkpoint_of_another_shape_names_both(shared, tmp_path, cap
     assert "stages[1].checkpoints[1]: " in err and "embed_tokens.weight [600, 64], the model (" in err, err
     assert "[512, 64]" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()  # refused before --out was touched
+
+
+def test_wsm_of_a_stage_that_never_decays_ends_with_its_final(shared, tmp_path):
+    from cpt.recipe import load_recipe
+
+    stages = """
+  - {name: a, tokens: 2560, mix: {stories: 1.0}}
+  - {name: w, kind: merge, strategy: {name: wsm, of: a, last: 3}}
+"""
+    r = load_recipe(write_recipe(tmp_path, shared, stages))
+    assert r.stages[1].checkpoints == ["step-0000008", "step-0000009", "a@final"]

@@ -45,7 +45,7 @@ class Run:
     device: torch.device
     autocast: object
     data: RunData
-    validation: dict[str, torch.Tensor]
+    validation: dict[str, torch.Tensor]  # windows of the recipe's seq_len: every stage's loss, alike
     segments: list[Segment]
     checkpoints: CheckpointManager
     metrics: MetricsLog
@@ -60,6 +60,8 @@ class Run:
     # the starting model's (rope parameters, positions): what each stage's `rope:` changes
     context: tuple[dict | None, int] = (None, 0)
     documents: object = None  # the inputs of stages with document_masking, once the model is seen to honour it
+    # windows of the longest seq_len, when a stage trains longer than the recipe's: loss by position
+    long_validation: dict[str, torch.Tensor] | None = None
 
     def local(self, tokens: torch.Tensor) -> torch.Tensor:
         """This rank's part of a step's global batch, as (micro-batches, micro_batch, seq_len) on the device."""
@@ -116,6 +118,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
         checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl", enabled=d.is_main), state=TrainState(),
         recipe_hash=recipe_hash, new_ids=new_ids, folder=folder, dist=d, throughput=throughput,
         hooks=build_hooks(recipe), context=model_context(model), documents=documents,
+        long_validation=data.validation(recipe.max_seq_len) if recipe.max_seq_len > recipe.seq_len else None,
     )
     if d.is_main:
         checkpoints.check_space(model, run.optimizer)  # early: a week of training before the first save fails

@@ -10,7 +10,8 @@
 
 Two presets fill `checkpoints` and `weights` (`strategy:` as on training stages):
 - `wsm` (Tian et al. 2025, "merge instead of decay"): the last `last` periodic checkpoints
-  (`checkpoint.every_tokens`) of stage `of` before its decay starts, averaged equally;
+  (`checkpoint.every_tokens`) of stage `of` before its decay starts, ending with its
+  `@pre-cooldown` (its `@final` when it never decays), averaged equally;
 - `soup-with-base`: `alpha` x `<of>@final` + (1 - alpha) x the point stage `of` started from
   (Wortsman et al. 2022's interpolation back toward the start, trading adaptation for forgetting).
 
@@ -156,10 +157,10 @@ def start_point(r: Recipe, j: int) -> str:
 
 def stable_saves(r: Recipe, j: int, segment) -> list[str]:
     """The periodic checkpoints of stage j before its decay starts, then its `@pre-cooldown`
-    (all of its periodic ones if it never decays)."""
+    (all of its periodic ones and its `@final` if it never decays)."""
     first = sum(r.stage_steps(st) for st in r.stages[:j])
     end = segment.decay_start
     saves = [f"step-{first + k:07d}" for k in range(1, r.stage_steps(r.stages[j]))
              if end is None or k * r.stage_batch(r.stages[j]) < end]
     saves = [s for s in saves if locate_step(r, j + 1, s) is not None]
-    return saves + ([f"{r.stages[j].name}@pre-cooldown"] if end is not None else [])
+    return saves + [f"{r.stages[j].name}@{'pre-cooldown' if end is not None else 'final'}"]

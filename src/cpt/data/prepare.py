@@ -96,10 +96,11 @@ class RunData:
                               upsample=None if up is None else (up.min_tokens, up.factor))
         return SourceData(tok, train_ids, val_ids, stream)
 
-    def validation(self) -> dict[str, torch.Tensor]:
-        """Windows of the longest seq_len: a context extension is measured over its whole length."""
+    def validation(self, seq_len: int | None = None) -> dict[str, torch.Tensor]:
+        """Each source's fixed validation slice as windows of `seq_len` tokens (default: the
+        recipe's, so that every stage's loss is measured alike)."""
         r = self.recipe
-        return {n: validation_windows(s.stream.shard, s.val_ids, r.validation.tokens_per_source, r.max_seq_len)
+        return {n: validation_windows(s.stream.shard, s.val_ids, r.validation.tokens_per_source, seq_len or r.seq_len)
                 for n, s in self.sources.items()}
 
     def stream_name(self, mix_name: str, buffer_version: int) -> str:

@@ -65,12 +65,19 @@ def batch(run, stage: Stage, step: int) -> torch.Tensor:
 
 
 def run_eval(run, stage: Stage, tag: str) -> dict[str, float]:
-    """Per-source validation loss, and by token position (buckets of `position_edges`)."""
-    losses, positions = evaluate_positions(run.model, run.validation, run.recipe.micro_batch, run.device,
-                                           run.autocast, run.dist)
-    run.metrics.write({"kind": "eval", "stage": stage.name, "tag": tag, "step": run.state.global_step,
-                       "tokens": run.state.tokens, "val_loss": losses, "position_loss": positions,
-                       "position_edges": position_edges(run.recipe.max_seq_len)})
+    """Per-source validation loss, and by token position (buckets of `position_edges`): over
+    windows of the longest seq_len when the plan extends the context (at the base and each
+    stage's start and end), else over the same windows."""
+    r = run.recipe
+    losses, positions = evaluate_positions(run.model, run.validation, r.micro_batch, run.device, run.autocast, run.dist)
+    record = {"kind": "eval", "stage": stage.name, "tag": tag, "step": run.state.global_step,
+              "tokens": run.state.tokens, "val_loss": losses}
+    if run.long_validation is not None and tag != "periodic":
+        positions = evaluate_positions(run.model, run.long_validation, r.micro_batch, run.device, run.autocast,
+                                       run.dist)[1]
+    if run.long_validation is None or tag != "periodic":
+        record |= {"position_loss": positions, "position_edges": position_edges(r.max_seq_len)}
+    run.metrics.write(record)
     passkey = run.recipe.eval.passkey
     if passkey is not None and tag != "periodic":
         acc = passkey_accuracy(run.model, run.tokenizer, passkey, run.device, run.autocast)

@@ -118,16 +118,17 @@ def plot(chain: dict, curve: list[tuple[float, dict]]) -> None:
     ax.set_title("Soup with the base")
     fig.savefig(FIGS / "chain-soup.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    long, edges = stage(chain, "long"), chain["position_edges"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, point, style in (("up", "end", ":"), ("long", "start", "--"), ("long", "end", "-")):
-        s = stage(chain, name)
-        ax.plot(edges[1:], s[f"position_loss_{point}"]["vi"], style, marker="o", label=f"vi: {name} {point}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("token position (bucket's end)")
-    ax.set_ylabel("validation loss")
-    ax.set_title(f"Context extension: 256 -> 1024 tokens ({long['name']})")
-    ax.legend(fontsize=8)
+    edges = chain["position_edges"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, src in zip(axes, ("stories", "vi")):
+        for name, point, style in (("up", "end", ":"), ("long", "start", "--"), ("long", "end", "-")):
+            s = stage(chain, name)
+            ax.plot(edges[1:], s[f"position_loss_{point}"][src], style, marker="o", label=f"{name} {point}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("token position (bucket's end)")
+        ax.set_ylabel("validation loss")
+        ax.set_title(f"{src}: 256 -> 1024 tokens, theta 10k -> 40k")
+        ax.legend(fontsize=8)
     fig.savefig(FIGS / "chain-positions.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 

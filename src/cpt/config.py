@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 MAX_TOKENS = 10**15  # a stage's tokens, eval / checkpoint intervals, a buffer budget, warmup steps
+MAX_SEQ_LEN = 2**20  # tokens per sample; a step holds micro_batch of them at once
 # AdamW moves every weight by about `lr` a step, so an LR past 1 rewrites the model each step; the cap
 # is far above that, since a run made to diverge on purpose (the non-finite guard's tests) is legitimate,
 # and refuses only what no one means (1e30, a sign lost from 1e-30)

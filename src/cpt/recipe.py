@@ -16,18 +16,19 @@ import yaml
 from pydantic import Field, ValidationError, ValidationInfo, AfterValidator, model_validator
 
 from . import merging, presets
-from .config import MAX_LR, MAX_TOKENS, RecipeLoader, Strict, read_json_object
+from .config import MAX_SEQ_LEN, MAX_TOKENS, RecipeLoader, Strict, read_json_object
 from .data.sources import DECODED, RECORDS, first_record_problem, template_problem
-from .checkpoint.integrity import verify as verify_checkpoint
-from .errors import CptError, RecipeError
+from .checkpoint.refs import check_point, parse_ref
+from .errors import RecipeError
 from .train.guard_cfg import NonFiniteCfg
+from .model.init_check import check_init_config
 from .model.relora_cfg import ReLoRACfg
 from .eval.passkey import PasskeyCfg
 from .model.rope import RopeCfg, context_problems
 from .model.upscale import UpscaleCfg, depth_problems
 from .distributed.config import DistributedCfg
 from .schedules import (KINDS, ContinueSchedule, CooldownSchedule, PositiveLR, Schedule, ConstantSchedule, Segment,
-                        decays, plan_segments)
+                        plan_segments)
 
 BUFFER = "buffer"  # the reserved mix name of the replay buffer B
 VOCAB_EXTENSION = "vocab_extension.json"  # the record of added tokens in a model folder (model/load.py)
@@ -36,7 +37,6 @@ VOCAB_EXTENSION = "vocab_extension.json"  # the record of added tokens in a mode
 # its use can hold, so that a typo is refused at load instead of overflowing or allocating later.
 # MAX_TOKENS and MAX_LR (config.py) bound token counts and LRs.
 MAX_SEED = 2**64 - 1  # torch.manual_seed takes 64 bits
-MAX_SEQ_LEN = 2**20  # tokens per sample; a step holds micro_batch of them at once
 MAX_MICRO_BATCH = 2**16
 MAX_BATCH_TOKENS = 2**30  # tokens per optimizer step (today's largest runs use ~2^24)
 MAX_VALIDATION_TOKENS = 10**9  # per source, held in memory for every evaluation
@@ -45,15 +45,6 @@ MAX_UPSAMPLE = 100  # copies of each long document per epoch; an epoch's documen
 MAX_POOL = 1000  # a `hard` buffer scores pool x its budget in tokens
 MAX_WORKERS = 1024
 MAX_EPOCHS = 1e6
-# from-scratch models (`model.init`) are built whole, in fp32, in one process: LlamaConfig sizes
-INIT_SIZES = {"vocab_size": 2**24, "hidden_size": 2**16, "intermediate_size": 2**18, "num_hidden_layers": 2**10,
-              "num_attention_heads": 2**10, "num_key_value_heads": 2**10, "head_dim": 2**12,
-              "max_position_embeddings": MAX_SEQ_LEN}
-MAX_INIT_PARAMETERS = 10**11  # ~1.6 TB with AdamW's fp32 state: beyond any one machine
-_LLAMA_DEFAULTS = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                   "num_attention_heads": 32}  # LlamaConfig's, for sizes the recipe leaves out
-
-
 def _relative_to_recipe(value: Path, info: ValidationInfo) -> Path:
     """Paths in a recipe are relative to the recipe file, not to the working directory."""
     base = (info.context or {}).get("base_dir")
@@ -191,12 +182,8 @@ class StageCfg(Strict):
 
     @property
     def init_ref(self) -> tuple[str, str] | None:
-        """(stage, tag) when `init` names a checkpoint of this run (`a@final`); a folder path
-        (which may contain `@` too, like `checkpoints/a@final`) always contains a `/`."""
-        if "@" in self.init and "/" not in self.init and "\\" not in self.init:
-            stage, tag = self.init.split("@", 1)
-            return stage, tag
-        return None
+        """(stage, tag) when `init` names a checkpoint of this run (`a@final`)."""
+        return parse_ref(self.init)
 
     @property
     def init_path(self) -> Path | None:
@@ -387,7 +374,7 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
             except (OSError, ValueError) as e:
                 p(f"model.path: the model's config {r.model.path / 'config.json'} is {e}; restore it from the model's source")
     else:
-        problems += _check_init_config(r.model.init)
+        problems += check_init_config(r.model.init)
     if r.tokenizer_path is None:
         p("tokenizer: required when the model is built from `init`")
     elif not r.tokenizer_path.is_dir():
@@ -428,7 +415,8 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         if names.count(st.name) > 1 and names.index(st.name) == i:
             p(f"{where}.name: `{st.name}` is used by more than one stage")
         if st.kind == "merge":
-            problems += merging.check_merge(r, i, where, lambda ref, at, i=i: _check_point(r, i, ref, at, merge=True),
+            problems += merging.check_merge(r, i, where, lambda ref, at, i=i: check_point(r, i, ref, at, merge=True,
+                                                                                     max_batch=MAX_BATCH_TOKENS),
                                              expanded)
             continue
         for key in ("checkpoints", "weights", "method", "ema_beta"):
@@ -520,49 +508,6 @@ def check_source(src: SourceCfg, where: str = "") -> list[str]:
     return problems
 
 
-def _check_init_config(init: dict) -> list[str]:
-    """`model.init`: LlamaConfig sizes are whole numbers in [1, cap] (INIT_SIZES), the heads divide
-    evenly, the model fits MAX_INIT_PARAMETERS, and every number in it is finite."""
-    problems = []
-    for key, value in init.items():
-        if not isinstance(key, str):
-            problems.append(f"model.init: key {key!r} is not a name; keys are LlamaConfig fields")
-        elif key in INIT_SIZES and (isinstance(value, bool) or not isinstance(value, int)
-                                    or not 1 <= value <= INIT_SIZES[key]):
-            problems.append(f"model.init.{key}: {value!r} is not a size; give a whole number from 1 to "
-                            f"{INIT_SIZES[key]:,}")
-        elif not _finite(value):
-            problems.append(f"model.init.{key}: holds a non-finite number (inf or nan); give a finite one")
-    if problems:
-        return problems
-    size = {**_LLAMA_DEFAULTS, **{k: v for k, v in init.items() if k in INIT_SIZES}}
-    hidden, heads = size["hidden_size"], size["num_attention_heads"]
-    kv = size.get("num_key_value_heads", heads)
-    if "head_dim" not in size and hidden % heads:
-        problems.append(f"model.init.num_attention_heads: {heads} heads do not divide hidden_size {hidden}; "
-                        "give a divisor of it (or head_dim)")
-    if heads % kv:
-        problems.append(f"model.init.num_key_value_heads: {kv} does not divide num_attention_heads ({heads})")
-    head_dim = size.get("head_dim", hidden // heads)
-    layer = 2 * hidden * head_dim * (heads + kv) + 3 * hidden * size["intermediate_size"]
-    params = size["num_hidden_layers"] * layer + 2 * size.get("vocab_size", 0) * hidden
-    if params > MAX_INIT_PARAMETERS:
-        problems.append(f"model.init: about {params:.2g} parameters, more than one process can build "
-                        f"({MAX_INIT_PARAMETERS:.0e}); lower hidden_size, intermediate_size or num_hidden_layers")
-    return problems
-
-
-def _finite(value) -> bool:
-    """Every number in a YAML value (nested lists and mappings too) is finite."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, float) and not math.isfinite(v):
-            return False
-        stack.extend(v.values() if isinstance(v, dict) else v if isinstance(v, list) else [])
-    return True
-
-
 def _check_mix(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> list[str]:
     problems = []
     if not st.mix:
@@ -635,50 +580,4 @@ def check_segments(r: Recipe, segments: list[Segment]) -> list[str]:
 
 
 def _check_init(r: Recipe, i: int, where: str) -> list[str]:
-    return _check_point(r, i, r.stages[i].init, f"{where}.init")
-
-
-def _check_point(r: Recipe, i: int, init: str, where: str, merge: bool = False) -> list[str]:
-    """A checkpoint that stage i starts from (`init:`) or merges (`checkpoints:`)."""
-    ref = StageCfg(name="x", init=init).init_ref
-    if init == "base" or (init == "previous" and not merge):
-        return []
-    if merge and merging.STEP.match(init):
-        problem = merging.step_problem(r, i, init)
-        return [f"{where}: {problem}"] if problem else []
-    if ref is not None:
-        stage, tag = ref
-        earlier = [s.name for s in r.stages[:i]]
-        if stage not in earlier:
-            return [f"{where}: `{init}` names no earlier stage (earlier: {', '.join(earlier) or 'none'})"]
-        if tag == "final":
-            return []
-        if tag == "pre-cooldown":
-            if not decays(r.stages[r.stage_index(stage)].schedule):
-                return [f"{where}: stage `{stage}` never decays its LR, so it has no pre-cooldown checkpoint"]
-            return []
-        return [f"{where}: unknown checkpoint tag `@{tag}` (use @final or @pre-cooldown)"]
-    folder = Path(init)
-    if not (folder / "meta.json").is_file():
-        kinds = "base, <stage>@final, <stage>@pre-cooldown, step-N" if merge else \
-            "previous, base, <stage>@final, <stage>@pre-cooldown"
-        return [f"{where}: `{init}` is not {kinds} or a checkpoint folder (one with meta.json)"]
-    # what the stage will read from the folder, checked now rather than after earlier stages trained
-    try:
-        meta = read_json_object(folder / "meta.json")
-    except (OSError, ValueError) as e:
-        return [f"{where}: {folder / 'meta.json'} is {e}; not a readable cpt checkpoint"]
-    problems = []
-    if not (folder / "state").is_dir():
-        problems.append(f"{where}: {folder} has no state/ folder (the saved weights); not a complete cpt checkpoint")
-    else:
-        try:  # its checksums too: a corrupted copy is found before earlier stages train
-            verify_checkpoint(folder)
-        except CptError as e:
-            problems.append(f"{where}: {e}")
-    lr, batch = meta.get("lr"), meta.get("batch_tokens")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr <= MAX_LR):
-        problems.append(f"{where}: {folder / 'meta.json'} records lr {lr!r}; an LR is a number in [0, {MAX_LR:g}]")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 0 < batch <= MAX_BATCH_TOKENS):
-        problems.append(f"{where}: {folder / 'meta.json'} records batch_tokens {batch!r}; a positive whole number")
-    return problems
+    return check_point(r, i, r.stages[i].init, f"{where}.init", max_batch=MAX_BATCH_TOKENS)

@@ -86,3 +86,33 @@ def test_eeve_relora_example_puts_relora_on_the_stages_that_train_the_layers(sha
     assert [s.split(":")[0] for s in stages] == ["vi.eeve1-3", "vi.eeve4-5", "vi.eeve6", "vi"]
     assert ["relora:" in s for s in stages] == [False, False, True, True]
     assert "merges at 65,536, 98,304, 131,072, 163,840, 196,608, 229,376" in stages[3]
+
+
+def test_chained_example_plans_every_stage_kind(tmp_path, capsys):
+    """examples/chain/chain.yaml on a vocabulary extended as chain.sh extends it (fewer tokens,
+    for time): EEVE's stages, the up-scaling, the context extension, the anneal's computed mix and
+    the merge are all in the plan."""
+    if not (BESIDE / "config.json").is_file():
+        pytest.skip(f"the examples read ../shared/data beside the repository; not found at {BESIDE}")
+    data = BESIDE.parents[1]
+    vi = tmp_path / "vi.jsonl"
+    vi.write_text("\n".join((data / "corpora/vi/viwiki.jsonl").read_text().splitlines()[:40]) + "\n")
+    assert main(["vocab", "extend", "--base", str(BESIDE), "--corpus", str(vi), "--add", "100",
+                 "--out", str(tmp_path / "tok")]) == 0
+    assert main(["vocab", "init", "--model", str(BESIDE), "--tokenizer", str(tmp_path / "tok"),
+                 "--out", str(tmp_path / "model")]) == 0
+    chain = EXAMPLES[0].parent / "chain" / "chain.yaml"
+    recipe = chain.parent / f".test-{tmp_path.name}.yaml"  # beside the original: its relative paths hold
+    recipe.write_text(chain.read_text().replace("../../runs/chain/model", str(tmp_path / "model")))
+    try:
+        capsys.readouterr()
+        assert main(["plan", str(recipe)]) == 0
+    finally:
+        recipe.unlink()
+    out = capsys.readouterr().out
+    for line in ("stage vi.eeve1-3:", "stage vi:", "stage up:", "up-scaled at the start: drop 1 (SOLAR)",
+                 "seq_len 1,024; rope theta 40000",
+                 "anneal mix: vi 0.56, stories 0.24, gsm8k 0.2",
+                 "stage soup: merge (linear) 0.5 x anneal@final, 0.5 x long@final"):
+        assert line in out, line
+    assert "warning" not in out

@@ -224,6 +224,9 @@ def format_plan(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, SourceS
             continue
         lines.append(f"stage {plan.name}: {plan.steps} steps, {plan.tokens:,} tokens, init {st.init}, "
                      f"lr {plan.lr_start:.3g} -> {plan.lr_end:.3g}{extra}")
+        if st.upscale is not None:
+            how = f"drop {st.upscale.drop} (SOLAR)" if st.upscale.drop is not None else f"layers {st.upscale.layers}"
+            lines.append(f"    up-scaled at the start: {how}; fresh optimizer moments")
         if plan.seq_len != recipe.seq_len or st.rope is not None:
             lines.append(f"    seq_len {plan.seq_len:,}{rope_words(st.rope)}")
         if st.strategy is not None:

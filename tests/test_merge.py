@@ -176,3 +176,22 @@ def test_wsm_of_a_stage_that_never_decays_ends_with_its_final(shared, tmp_path):
 """
     r = load_recipe(write_recipe(tmp_path, shared, stages))
     assert r.stages[1].checkpoints == ["step-0000008", "step-0000009", "a@final"]
+
+
+@pytest.mark.parametrize("key", ["init", "checkpoints"])
+def test_a_checkpoint_of_another_tokenizer_is_refused(shared, tmp_path, capsys, key):
+    """A checkpoint records the fingerprint of its tokenizer: starting from, or merging, one of
+    another tokenizer is refused before any work, naming both."""
+    from conftest import fake_checkpoint
+    from cpt.cli import main
+
+    folder = fake_checkpoint(tmp_path / "elsewhere" / "x@final", meta='{"tokenizer": "0123456789abcdef", "lr": 0.001}')
+    second = (f"{{name: b, tokens: 256, mix: {{stories: 1.0}}, init: {folder}}}" if key == "init" else
+              f"{{name: m, kind: merge, checkpoints: [a@final, {folder}]}}")
+    stages = f"\n  - {{name: a, tokens: 256, mix: {{stories: 1.0}}}}\n  - {second}\n"
+    out = tmp_path / "out"
+    assert main(["run", str(write_recipe(tmp_path, shared, stages)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    where = "stages[1].init" if key == "init" else "stages[1].checkpoints[1]"
+    assert f"{where}: {folder} was trained with tokenizer 0123456789ab, this run's (" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

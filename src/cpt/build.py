@@ -10,6 +10,7 @@ import torch
 
 from .checkpoint.manager import CheckpointManager
 from .data.prepare import RunData
+from .data.tokenize import tokenizer_fingerprint
 from .distributed.batch import rank_accum, rank_slice
 from .distributed.env import Dist, from_env
 from .distributed.fsdp import shard_model
@@ -62,6 +63,7 @@ class Run:
     documents: object = None  # the inputs of stages with document_masking, once the model is seen to honour it
     # windows of the longest seq_len, when a stage trains longer than the recipe's: loss by position
     long_validation: dict[str, torch.Tensor] | None = None
+    tokenizer_fingerprint: str = ""  # recorded in every checkpoint: a merge or init of another tokenizer is refused
 
     def local(self, tokens: torch.Tensor) -> torch.Tensor:
         """This rank's part of a step's global batch, as (micro-batches, micro_batch, seq_len) on the device."""
@@ -100,7 +102,8 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     new_ids = new_token_ids(recipe.model.path)
     check_extension(model, tokenizer, new_ids, recipe.model.path)
     check_relora(recipe, model)
-    check_merges(recipe, model)  # all before --out is touched: a refused run leaves it as it was
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    check_merges(recipe, model, fingerprint)  # all before --out is touched: a refused run leaves it as it was
     check_upscales(recipe, model, d.world)
     documents = check_documents(recipe, model, tokenizer)
     folder = None
@@ -117,7 +120,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
         data=data, validation=data.validation(), segments=segments,
         checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl", enabled=d.is_main), state=TrainState(),
         recipe_hash=recipe_hash, new_ids=new_ids, folder=folder, dist=d, throughput=throughput,
-        hooks=build_hooks(recipe), context=model_context(model), documents=documents,
+        hooks=build_hooks(recipe), context=model_context(model), documents=documents, tokenizer_fingerprint=fingerprint,
         long_validation=data.validation(recipe.max_seq_len) if recipe.max_seq_len > recipe.seq_len else None,
     )
     if d.is_main:

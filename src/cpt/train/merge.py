@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checkpoint.safe_dcp import SafeReader
+from ..config import read_json_object
 from ..distributed.fsdp import load_full_state
 from ..errors import CptError
 from ..merging import merge_weights
@@ -39,15 +40,20 @@ def merge_checkpoints(run, stage) -> None:
                        "weights": weights, "step": run.state.global_step, "tokens": run.state.tokens})
 
 
-def check_merges(recipe, model) -> None:
-    """Checkpoint folders that merge stages name hold this model's tensors, shape for shape:
-    checked before any training (a run's own checkpoints have them by construction)."""
+def check_merges(recipe, model, tokenizer: str) -> None:
+    """Checkpoint folders that stages name (`init:`, a merge's `checkpoints:`) were trained with
+    this run's tokenizer (`tokenizer`: its fingerprint, recorded in every checkpoint's meta), and
+    a merge's hold this model's tensors, shape for shape: checked before any training (a run's
+    own checkpoints have both by construction)."""
     want = {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
     base = recipe.model.path or "model.init"
     for i, st in enumerate(recipe.stages):
+        if st.init_path is not None:
+            _same_tokenizer(st.init_path, tokenizer, f"stages[{i}].init", recipe.tokenizer_path)
         for k, ref in enumerate(st.checkpoints or []):
             if "/" not in ref and "\\" not in ref:
                 continue
+            _same_tokenizer(Path(ref), tokenizer, f"stages[{i}].checkpoints[{k}]", recipe.tokenizer_path)
             try:
                 saved = SafeReader(str(Path(ref) / "state")).read_metadata().state_dict_metadata
             except Exception as e:  # an unreadable .metadata: DCP raises many types
@@ -59,3 +65,11 @@ def check_merges(recipe, model) -> None:
                     got = "no such tensor" if size is None else list(size)
                     raise CptError(f"stages[{i}].checkpoints[{k}]: {ref} has {key[6:]} {got}, the model ({base}) "
                                    f"{list(shape)}; merge checkpoints of one architecture and tokenizer")
+
+
+def _same_tokenizer(folder: Path, ours: str, where: str, path) -> None:
+    """A checkpoint records the fingerprint of the tokenizer it was trained with (older ones do not)."""
+    theirs = read_json_object(folder / "meta.json").get("tokenizer")
+    if isinstance(theirs, str) and theirs != ours:
+        raise CptError(f"{where}: {folder} was trained with tokenizer {theirs[:12]}, this run's ({path}) is "
+                       f"{ours[:12]}; its token ids mean other text: start from or merge checkpoints of this tokenizer")

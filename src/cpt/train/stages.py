@@ -96,7 +96,8 @@ def save_checkpoint(run, stage: Stage, name: str, lr: float, stage_tokens: int) 
     meta = {"seq": s.checkpoints_saved, "stage": stage.name, "stage_tokens": t, "tokens": s.tokens,
             "global_step": s.global_step, "lr": lr, "phase": stage.segment.phase(t),
             "batch_tokens": run.recipe.stage_batch(stage.cfg),
-            "data_seen": data_seen(run, cursors), "recipe_hash": run.recipe_hash, "train_state": s.state_dict(),
+            "data_seen": data_seen(run, cursors), "recipe_hash": run.recipe_hash, "tokenizer": run.tokenizer_fingerprint,
+            "train_state": s.state_dict(),
             "hooks": run.hooks.state_dict()}
     t0 = time.perf_counter()
     run.checkpoints.save(name, run.model, run.optimizer, meta)

@@ -16,6 +16,7 @@ STAGES = """
   - {name: short, tokens: 2048, mix: {stories: 1.0}}
   - name: long
     seq_len: 1024
+    micro_batch: 1            # a longer sample, fewer of them per forward
     rope: {theta: 100000}
     tokens: 4096
     mix: {stories: 0.5, math: 0.5}

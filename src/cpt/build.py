@@ -65,9 +65,9 @@ class Run:
     long_validation: dict[str, torch.Tensor] | None = None
     tokenizer_fingerprint: str = ""  # recorded in every checkpoint: a merge or init of another tokenizer is refused
 
-    def local(self, tokens: torch.Tensor) -> torch.Tensor:
+    def local(self, tokens: torch.Tensor, micro_batch: int) -> torch.Tensor:
         """This rank's part of a step's global batch, as (micro-batches, micro_batch, seq_len) on the device."""
-        part = rank_slice(tokens, self.recipe.micro_batch, self.dist.rank, self.dist.world)
+        part = rank_slice(tokens, micro_batch, self.dist.rank, self.dist.world)
         return part.to(self.device, non_blocking=True)
 
 
@@ -172,7 +172,7 @@ def check_world(recipe: Recipe, d: Dist) -> None:
     if d.world == 1:
         return
     for i, st in enumerate(recipe.stages):
-        rank_accum(recipe.stage_samples(st), recipe.micro_batch, d.world, f"stages[{i}] ({st.name}): batch_tokens")
+        rank_accum(recipe.stage_samples(st), recipe.stage_micro(st), d.world, f"stages[{i}] ({st.name}): batch_tokens")
 
 
 def claim_out_dir(out: Path, resume: bool, recipe_hash: str, checkpoints: CheckpointManager,

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 STEP = re.compile(r"^step-(\d+)$")  # the periodic checkpoints' names (train/stages.py: step-%07d)
 TRAIN_ONLY = ("tokens", "mix", "schedule", "buffer_add", "relora", "trainable", "batch_tokens", "new", "init",
               "optimizer_state", "lr_scaling", "rope", "upscale",
-              "document_masking")
+              "document_masking", "micro_batch")
 
 
 class Wsm(Strict):

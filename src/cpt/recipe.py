@@ -142,6 +142,8 @@ class StageCfg(Strict):
     # context extension is never silently undone by a later stage
     seq_len: int | None = Field(None, gt=1, le=MAX_SEQ_LEN)
     rope: RopeCfg | None = None  # the RoPE base and scaling from this stage on (model/rope.py)
+    # samples per forward in this stage (default: the recipe's): a longer seq_len needs fewer
+    micro_batch: int | None = Field(None, gt=0, le=MAX_MICRO_BATCH)
     # position ids restart at each document and attention stays inside it (train/inputs.py)
     document_masking: bool = False
     # the LR a stage inherits is scaled by sqrt(k) or k when its batch is k x its starting point's
@@ -251,11 +253,14 @@ class Recipe(Strict):
         """Tokens per sample in a stage (filled in at load: the previous stage's when not given)."""
         return stage.seq_len or self.seq_len
 
+    def stage_micro(self, stage: StageCfg) -> int:
+        return stage.micro_batch or self.micro_batch
+
     def stage_samples(self, stage: StageCfg) -> int:
         return self.stage_batch(stage) // self.stage_len(stage)
 
     def stage_accum(self, stage: StageCfg) -> int:
-        return self.stage_batch(stage) // (self.stage_len(stage) * self.micro_batch)
+        return self.stage_batch(stage) // (self.stage_len(stage) * self.stage_micro(stage))
 
     def stage_steps(self, stage: StageCfg) -> int:
         """Optimizer steps of a stage: its token budget rounded down to whole steps."""
@@ -426,8 +431,10 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
             p(f"{where}.tokens: required key is missing")
             continue
         batch, length = r.stage_batch(st), r.stage_len(st)
-        if (st.batch_tokens is not None or length != r.seq_len) and batch % (length * r.micro_batch):
-            p(f"{where}.batch_tokens: {batch} is not a multiple of seq_len x micro_batch = {length * r.micro_batch}")
+        stage_unit = length * r.stage_micro(st)
+        if stage_unit != unit or st.batch_tokens is not None:
+            if batch % stage_unit:
+                p(f"{where}.batch_tokens: {batch} is not a multiple of seq_len x micro_batch = {stage_unit}")
         if st.tokens < batch:
             p(f"{where}.tokens: {st.tokens} is less than one optimizer step (batch_tokens = {batch})")
         preset = st.strategy is not None and not expanded

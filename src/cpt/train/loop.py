@@ -32,8 +32,8 @@ def train(run) -> None:
                 tokens = batches.get(s.stage_step)  # read during the previous step
                 waited = time.perf_counter() - t0
                 run.hooks.on_step_begin(run, stage)
-                result = train_step(run.model, run.optimizer, run.local(tokens), lr, r.optimizer.grad_clip, run.autocast,
-                                    run.dist, stage.inputs)
+                result = train_step(run.model, run.optimizer, run.local(tokens, r.stage_micro(stage.cfg)), lr,
+                                    r.optimizer.grad_clip, run.autocast, run.dist, stage.inputs)
                 s.stage_step, s.global_step, s.tokens = s.stage_step + 1, s.global_step + 1, s.tokens + batch_tokens
                 seconds = time.perf_counter() - t0
                 after_step(run, stage, result, lr, seconds, tokens, waited)

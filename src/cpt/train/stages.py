@@ -73,8 +73,9 @@ def run_eval(run, stage: Stage, tag: str) -> dict[str, float]:
     record = {"kind": "eval", "stage": stage.name, "tag": tag, "step": run.state.global_step,
               "tokens": run.state.tokens, "val_loss": losses}
     if run.long_validation is not None and tag != "periodic":
-        positions = evaluate_positions(run.model, run.long_validation, r.micro_batch, run.device, run.autocast,
-                                       run.dist)[1]
+        longest = max(r.stages, key=r.stage_len)  # long windows go through as that stage's samples do
+        positions = evaluate_positions(run.model, run.long_validation, r.stage_micro(longest), run.device,
+                                       run.autocast, run.dist)[1]
     if run.long_validation is None or tag != "periodic":
         record |= {"position_loss": positions, "position_edges": position_edges(r.max_seq_len)}
     run.metrics.write(record)
@@ -228,7 +229,7 @@ def end_stage(run, stage: Stage) -> None:
     if add is not None:
         src, r = run.data.sources[add.source], run.recipe
         score = partial(document_losses, run.model, seq_len=r.stage_len(stage.cfg), device=run.device,
-                        batch_size=r.micro_batch, autocast=run.autocast)
+                        batch_size=r.stage_micro(stage.cfg), autocast=run.autocast)
         s.buffer_version = run.data.buffer.add(s.buffer_version, stage.name, add.source, src.stream.shard,
                                                src.train_ids, budget_tokens(add, src.stream.distinct_tokens), r.seed,
                                                policy=add.policy, pool=add.pool, score=score, write=run.dist.is_main)

@@ -127,6 +127,8 @@ def test_context_extension_stage_trains_resumes_and_exports(shared, tmp_path, mo
     for (name, p), q in zip(whole.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(p, q), name
     assert resumed.model.config.rope_parameters["rope_theta"] == 100000.0
+    done = run("cut", resume=True)  # after the last stage: nothing trains, the model is the extended one
+    assert done.model.config.rope_parameters["rope_theta"] == 100000.0 and done.model.config.max_position_embeddings == 1024
 
 
 @pytest.mark.parametrize("stage,expected", [
@@ -136,6 +138,8 @@ def test_context_extension_stage_trains_resumes_and_exports(shared, tmp_path, mo
      "stages[1].rope.theta: Input should be greater than 0"),
     ("{name: long, seq_len: 1024, tokens: 4096, mix: {stories: 1.0}, rope: {scaling: {type: yarn, factor: 0.5}}}",
      "stages[1].rope.scaling.factor: Input should be greater than 1"),
+    ("{name: long, seq_len: 1024, tokens: 4096, mix: {stories: 1.0}, rope: {scaling: {type: dynamic, factor: 2}}}",
+     "stages[1].rope.scaling.type: Input should be 'linear', 'yarn' or 'llama3'"),
     ("{name: long, seq_len: 1000, tokens: 8192, mix: {stories: 1.0}, rope: {theta: 20000}}",
      "stages[1].batch_tokens: 2048 is not a multiple of seq_len x micro_batch = 2000"),
 ])

@@ -94,6 +94,16 @@ def test_merge_stage_is_the_weighted_average_and_a_later_stage_trains_from_it(sh
     assert [s["name"] for s in summary["stages"]][2] == "soup"
 
 
+def test_step_names_are_written_as_the_saves_are(shared, tmp_path):
+    from cpt.recipe import load_recipe
+
+    stages = """
+  - {name: a, tokens: 1024, mix: {stories: 1.0}}
+  - {name: m, kind: merge, checkpoints: [a@final, step-2]}
+"""
+    assert load_recipe(write_recipe(tmp_path, shared, stages)).stages[1].checkpoints == ["a@final", "step-0000002"]
+
+
 def test_wsm_averages_the_stable_phase(shared, tmp_path):
     from cpt.recipe import load_recipe
 
@@ -122,6 +132,12 @@ def test_wsm_averages_the_stable_phase(shared, tmp_path):
      "stages[1].weights: method ema sets the weights"),
     ("{name: m, tokens: 256, mix: {stories: 1.0}, checkpoints: [a@final]}",
      "stages[1].checkpoints: only a merge stage (kind: merge) averages checkpoints"),
+    ("{name: m, kind: merge, strategy: {name: wsm, of: a, last: 3}}",
+     "stages[1].strategy.last: stage `a` writes 2 checkpoint(s) before its decay (step-0000002, a@final)"),
+    ("{name: m, kind: merge, strategy: {name: wsm, of: a, last: 2}, method: ema}",
+     "stages[1].method: `wsm` averages its checkpoints equally"),
+    ("{name: m, kind: merge, checkpoints: [a@final, base]}\n  - {name: c, tokens: 256, mix: {stories: 1.0}, "
+     "schedule: {kind: continue}}", "stages[2].schedule: the stage before is a merge, which has no schedule"),
 ])
 def test_bad_merge_is_one_line_before_any_work(shared, tmp_path, capsys, stage, expected):
     from cpt.cli import main

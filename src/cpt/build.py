@@ -11,6 +11,7 @@ import torch
 from .checkpoint.manager import CheckpointManager
 from .data.prepare import RunData
 from .data.tokenize import tokenizer_fingerprint
+from .eval.passkey import check_lengths
 from .distributed.batch import rank_accum, rank_slice
 from .distributed.env import Dist, from_env
 from .distributed.fsdp import shard_model
@@ -106,6 +107,9 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     check_merges(recipe, model, fingerprint)  # all before --out is touched: a refused run leaves it as it was
     check_upscales(recipe, model, d.world)
     documents = check_documents(recipe, model, tokenizer)
+    if recipe.eval.passkey is not None:  # rotary models take any length; a learned table does not
+        fixed = None if model_context(model)[0] else getattr(model.config, "max_position_embeddings", None)
+        check_lengths(recipe.eval.passkey, tokenizer, fixed)
     folder = None
     if d.is_main:  # one process claims, locks and writes the folder; the others wait for it
         folder = claim_out_dir(out, resume, recipe_hash, checkpoints, recipe_path)

@@ -72,6 +72,8 @@ def check_merge(r: Recipe, i: int, where: str, check_point, expanded: bool) -> l
         if key in st.model_fields_set:
             p(f"{where}.{key}: a merge stage trains nothing; remove `{key}`")
     if st.strategy is not None:
+        if "method" in st.model_fields_set or "ema_beta" in st.model_fields_set:
+            p(f"{where}.method: `{st.strategy.name}` averages its checkpoints equally (linear); remove `method`")
         if not isinstance(st.strategy, (Wsm, SoupWithBase)):
             p(f"{where}.strategy: `{st.strategy.name}` is a training preset; a merge stage takes wsm or soup-with-base")
         elif st.checkpoints is not None or st.weights is not None:
@@ -131,20 +133,27 @@ def step_problem(r: Recipe, i: int, ref: str, segments=None) -> str | None:
     return None
 
 
-def expand_merge(r: Recipe, st: StageCfg, segments) -> StageCfg:
-    """The stage with its preset's checkpoints and weights filled in, and an empty mix.
-    `segments` are the earlier stages' LR segments (for where a stage's decay starts)."""
+def expand_merge(r: Recipe, st: StageCfg, segments, written: Recipe, where: str) -> tuple[StageCfg, str | None]:
+    """The stage with its preset's checkpoints and weights filled in (`step-N` names written as
+    the saves are, `step-%07d`), an empty mix, and the problem, if any. `r` holds the stages
+    expanded so far and `segments` their LR segments; `written` is the recipe as written (a
+    preset's `of` names a stage there; its start point is that stage's `init:`)."""
     s, names = st.strategy, [x.name for x in r.stages]
     update: dict = {"mix": {}, "strategy": None}
+    problem = None
     if isinstance(s, SoupWithBase):
-        j = names.index(s.of)
-        update |= {"checkpoints": [f"{s.of}@final", start_point(r, j)], "weights": [s.alpha, 1 - s.alpha],
-                   "method": "linear"}
+        j = [x.name for x in written.stages].index(s.of)
+        update |= {"checkpoints": [f"{s.of}@final", start_point(written, j)], "weights": [s.alpha, 1 - s.alpha]}
     elif isinstance(s, Wsm):
         j = names.index(s.of)
         saves = stable_saves(r, j, segments[j])
-        update |= {"checkpoints": saves[-s.last:], "weights": None, "method": "linear"}
-    return st.model_copy(update=update)
+        if len(saves) < s.last:
+            problem = (f"{where}.strategy.last: stage `{s.of}` writes {len(saves)} checkpoint(s) before its decay "
+                       f"({', '.join(saves) or 'none'}); lower `last` or save more often (checkpoint.every_tokens)")
+        update |= {"checkpoints": saves[-s.last:], "weights": None}
+    else:
+        update["checkpoints"] = [f"step-{int(m.group(1)):07d}" if (m := STEP.match(c)) else c for c in st.checkpoints]
+    return st.model_copy(update=update), problem
 
 
 def start_point(r: Recipe, j: int) -> str:

@@ -297,7 +297,9 @@ def expand(r: Recipe) -> tuple[Recipe, list[str]]:
         s, first = st.strategy, len(out)
         if st.kind == "merge":  # its checkpoints may be named by the stages expanded so far
             done = r.model_copy(update={"stages": out})
-            out.append(expand_merge(done, st, plan_segments(done)))
+            merged, problem = expand_merge(done, st, plan_segments(done), r, f"stages[{i}]")
+            out.append(merged)
+            problems += [problem] if problem else []
         elif s is None:
             out.append(st)
         elif isinstance(s, Eeve):

@@ -541,6 +541,8 @@ def _check_schedule(r: Recipe, i: int, where: str) -> list[str]:
     if isinstance(s, ContinueSchedule):
         if i == 0:
             p(f"{w}: the first stage has no schedule to continue; give it one (constant, cosine, wsd, ...)")
+        elif r.stages[i - 1].kind == "merge":
+            p(f"{w}: the stage before is a merge, which has no schedule to continue; give this one its own")
         elif st.init != "previous":
             p(f"{where}.init: a stage that continues the previous schedule also continues its weights (init: previous)")
         return problems
@@ -566,12 +568,11 @@ def check_segments(r: Recipe, segments: list[Segment]) -> list[str]:
     for i, (st, seg) in enumerate(zip(r.stages, segments)):
         if st.kind == "merge":
             problems += [f"stages[{i}].checkpoints[{k}]: {why}" for k, ref in enumerate(st.checkpoints)
-                         if merging.STEP.match(ref) and (why := merging.step_problem(r, i, ref, segments))]
+                         if (why := merging.step_problem(r, i, ref, segments) if merging.STEP.match(ref)
+                             else _no_pre_cooldown(r, ref, segments))]
             continue
-        ref = st.init_ref
-        if ref is not None and ref[1] == "pre-cooldown" and segments[r.stage_index(ref[0])].decay_start is None:
-            problems.append(f"stages[{i}].init: stage `{ref[0]}` continues a decay that began in an earlier stage, so "
-                            "it has no pre-cooldown checkpoint; start from that earlier stage's @pre-cooldown")
+        if why := _no_pre_cooldown(r, st.init, segments):
+            problems.append(f"stages[{i}].init: {why}")
         if seg.offset:
             continue  # a continued curve was checked with the stage that started it
         for ph in seg.curve.phases:
@@ -584,6 +585,15 @@ def check_segments(r: Recipe, segments: list[Segment]) -> list[str]:
             problems.append(f"stages[{i}].schedule: the LR is 0 throughout (it continues from {seg.start_lr:g}); "
                             "give the schedule a peak `lr`, or start from a checkpoint before the cooldown")
     return problems
+
+
+def _no_pre_cooldown(r: Recipe, ref: str, segments: list[Segment]) -> str | None:
+    """`<stage>@pre-cooldown` of a stage that continues a decay begun earlier: never written."""
+    ref = parse_ref(ref)
+    if ref is not None and ref[1] == "pre-cooldown" and segments[r.stage_index(ref[0])].decay_start is None:
+        return (f"stage `{ref[0]}` continues a decay that began in an earlier stage, so it has no pre-cooldown "
+                "checkpoint; name that earlier stage's @pre-cooldown")
+    return None
 
 
 def _check_init(r: Recipe, i: int, where: str) -> list[str]:

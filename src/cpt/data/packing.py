@@ -93,7 +93,7 @@ def carry(samples: int, epoch_tokens: int, from_len: int, to_len: int) -> int:
     """A cursor moved to another sample length: the first `to_len` sample that starts at or after
     the end of the first `samples` samples of `from_len` (same epochs: their order depends on the
     seed and the source only). Nothing is read twice; at most to_len - 1 tokens are skipped."""
-    if from_len == to_len:
+    if from_len == to_len or epoch_tokens < max(from_len, to_len):  # (a plan's estimate of a tiny source)
         return samples
     epoch, index = divmod(samples, epoch_tokens // from_len)
     per_epoch = epoch_tokens // to_len

@@ -57,10 +57,20 @@ class RunData:
             write_json_atomic(keys_path, {n: s.tokenized.key for n, s in self.sources.items()})
         self.buffer = ReplayBuffer(out / "buffer")
         self._streams: dict[tuple[str, int], PackedStream] = {}  # (stream, seq_len): other lengths, buffers
-        for st in recipe.stages:  # a source shorter than one sample of a stage that reads it: now, not then
-            for name in st.mix or {}:
-                if name != BUFFER:
-                    self.stream(name, recipe.stage_len(st))
+        self._check_lengths()
+
+    def _check_lengths(self) -> None:
+        """A source shorter than one sample of any stage from the first that reads it (a cursor is
+        carried to every later stage's length, read or not): refused now, not then."""
+        first: dict[str, int] = {}
+        for i, st in enumerate(self.recipe.stages):
+            first |= {n: i for n in st.mix or {} if n != BUFFER and n not in first}
+            for name in first:
+                try:
+                    self.stream(name, self.recipe.stage_len(st))
+                except CptError as e:
+                    raise CptError(f"{e} (stage {st.name} runs at seq_len {self.recipe.stage_len(st):,}, and every "
+                                   "source read before carries its position to that length)") from None
 
     def _check_buffer_budgets(self) -> None:
         """A buffer_add larger than its source would be capped silently at the stage's end."""
@@ -72,10 +82,10 @@ class RunData:
             if st.buffer_add.tokens is not None and tokens > available:
                 raise CptError(f"stages[{i}].buffer_add.tokens: {tokens:,} is more than the "
                                f"{available:,} training tokens of source `{st.buffer_add.source}`")
-            if st.buffer_add.fraction is not None and tokens < self.recipe.seq_len:
+            if st.buffer_add.fraction is not None and tokens < self.recipe.max_seq_len:
                 raise CptError(f"stages[{i}].buffer_add.fraction: {st.buffer_add.fraction:g} of the {available:,} "
                                f"training tokens of source `{st.buffer_add.source}` is {tokens:,} tokens, less "
-                               f"than one sample (seq_len = {self.recipe.seq_len}); raise it or give `tokens`")
+                               f"than one sample (seq_len = {self.recipe.max_seq_len}); raise it or give `tokens`")
 
     def _split(self, name: str, tok: TokenizedSource) -> SourceData:
         shard = tok.open()

@@ -56,6 +56,21 @@ def passkey_prompt(tokenizer, length: int, depth: float, key: str) -> list[int]:
     return head + filler[:at] + needle + filler[at:] + question
 
 
+def check_lengths(cfg: PasskeyCfg, tokenizer, positions: int | None, where: str = "eval.passkey.lengths") -> None:
+    """Before any work: each length holds a prompt, and (for a model whose positions are a fixed
+    table, not rotary) the prompt and its answer fit the table."""
+    extra = len(_ids(tokenizer, " " + "9" * cfg.digits)) + 2
+    for n in cfg.lengths:
+        try:
+            passkey_prompt(tokenizer, n, 0.5, "1" * cfg.digits)
+        except CptError as e:
+            raise CptError(f"{where}: {e}") from None
+        if positions is not None and n + extra > positions:
+            raise CptError(f"{where}: {n} tokens and a {extra}-token answer do not fit the model's {positions} "
+                           "positions (a learned table, not rotary); use lengths up to "
+                           f"{positions - extra}")
+
+
 def passkey_accuracy(model, tokenizer, cfg: PasskeyCfg, device,
                      autocast=contextlib.nullcontext) -> dict[str, dict[str, float]]:
     """{length: {depth: share of trials whose greedy answer starts with the passkey}}."""

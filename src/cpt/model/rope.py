@@ -18,10 +18,12 @@ from ..config import Strict
 
 
 class RopeScaling(Strict):
-    """A Hugging Face `rope_type` with its parameters. `original_max_position_embeddings`
+    """A Hugging Face `rope_type` with its parameters (the frequencies are fixed by them). `original_max_position_embeddings`
     defaults to the positions the model had before this stage."""
 
-    type: Literal["linear", "dynamic", "yarn", "llama3"]
+    # not `dynamic`: it rescales with each input's length (an inference-time method), so training
+    # and evaluation would see frequencies that depend on what ran before
+    type: Literal["linear", "yarn", "llama3"]
     factor: float = Field(gt=1, le=1024)
     original_max_position_embeddings: int | None = Field(None, gt=0, le=2**24)
     beta_fast: float | None = Field(None, gt=0, le=1e4)  # yarn

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from ..data.prefetch import Prefetcher
 from ..errors import CptError
-from .stages import after_step, batch, begin_stage, end_stage, log_save, plan_stage, run_eval, start_rows
+from .stages import after_step, batch, begin_stage, end_stage, log_save, plan_stage, run_eval, set_context, start_rows
 from .step import train_step
 from .upscale import restore_depth
 
@@ -61,6 +61,7 @@ def resume(run) -> bool:
     except (ValueError, TypeError, AttributeError) as e:
         raise CptError(f"{path / 'meta.json'}: {e}; resume from another checkpoint or start a new --out") from None
     restore_depth(run)  # the layers the checkpoint's model had, before anything takes their parameters
+    set_context(run, min(run.state.stage_index, len(run.recipe.stages) - 1), log=False)  # the export's, after the last
     if run.state.entered:  # saved inside a stage: its trainable rows are part of what was saved
         start_rows(run, run.state.stage_index)
     run.hooks.on_resume(run)  # a hook that changes the model (ReLoRA's adapters) rebuilds it first

@@ -136,22 +136,25 @@ def data_seen(run, cursors: dict[str, int]) -> dict[str, dict]:
 def begin_stage(run, stage: Stage) -> None:
     """Freeze what the stage does not train (again after a resume), then enter it once."""
     set_trainable(run.model, stage.cfg.trainable, f"stages[{stage.index}].trainable")
-    set_context(run, stage)
+    set_context(run, stage.index)
     if not run.state.entered:
         enter_stage(run, stage)
     start_rows(run, stage.index)
     run.hooks.on_stage_begin(run, stage)
 
 
-def set_context(run, stage: Stage) -> None:
-    """The RoPE parameters and positions the stage trains with (model/rope.py), before its start
-    eval: that eval measures the change itself. Recomputed on a resume (they are not saved)."""
+def set_context(run, index: int, log: bool = True) -> None:
+    """The RoPE parameters and positions stage `index` trains with (model/rope.py), before its
+    start eval: that eval measures the change itself. Recomputed on a resume (they are not saved);
+    recorded when a stage with `rope:` is entered, so a resumed run's log reads as an unbroken one."""
     params, positions = run.context
     if params is None:  # no rotary embeddings (the recipe refused any `rope:`)
         return
-    params, positions = context_at(params, positions, run.recipe.stages, stage.index)
-    if apply_context(run.model, params, positions):
-        run.metrics.write({"kind": "context", "stage": stage.name, "seq_len": run.recipe.stage_len(stage.cfg),
+    params, positions = context_at(params, positions, run.recipe.stages, index)
+    st = run.recipe.stages[index]
+    apply_context(run.model, params, positions)
+    if log and st.rope is not None and not run.state.entered:
+        run.metrics.write({"kind": "context", "stage": st.name, "seq_len": run.recipe.stage_len(st),
                            "max_position_embeddings": positions, "rope_parameters": params})
 
 

@@ -31,6 +31,7 @@ from .train.merge import check_merges
 from .train.upscale import check_upscales
 from .train.hooks import Hooks
 from .train.saves import SealSaves
+from .train.sinks import make_sinks
 from .train.metrics import MetricsLog
 from .train.state import TrainState
 from .train.step import autocast_for, build_optimizer
@@ -82,8 +83,8 @@ def pick_device(choice: str) -> torch.device:
 
 def recipe_fingerprint(recipe: Recipe) -> str:
     """The validated recipe, not its text: a comment or a reordered key does not change a run, and
-    neither does how checkpoints are written (`checkpoint.async`)."""
-    what = recipe.model_dump_json(exclude={"checkpoint": {"asynchronous"}})
+    neither does how checkpoints are written (`checkpoint.async`) or where metrics go (`loggers`)."""
+    what = recipe.model_dump_json(exclude={"checkpoint": {"asynchronous"}, "loggers": True})
     return hashlib.sha256(what.encode()).hexdigest()[:16]
 
 
@@ -107,6 +108,9 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     check_merges(recipe, model, fingerprint)  # all before --out is touched: a refused run leaves it as it was
     check_upscales(recipe, model, d.world)
     documents = check_documents(recipe, model, tokenizer)
+    # refused here if not installed; one W&B run per run folder
+    sinks = make_sinks(recipe.loggers, out, hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]) \
+        if d.is_main else []
     if recipe.eval.passkey is not None:  # rotary models take any length; a learned table does not
         fixed = None if model_context(model)[0] else getattr(model.config, "max_position_embeddings", None)
         check_lengths(recipe.eval.passkey, tokenizer, fixed)
@@ -122,7 +126,8 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
         recipe=recipe, out=out, tokenizer=tokenizer, model=model,
         optimizer=build_optimizer(model, recipe.optimizer), device=device, autocast=autocast_for(device),
         data=data, validation=data.validation(), segments=segments,
-        checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl", enabled=d.is_main), state=TrainState(),
+        checkpoints=checkpoints, metrics=MetricsLog(out / "metrics.jsonl", enabled=d.is_main, sinks=sinks),
+        state=TrainState(),
         recipe_hash=recipe_hash, new_ids=new_ids, folder=folder, dist=d, throughput=throughput,
         hooks=build_hooks(recipe), context=model_context(model), documents=documents, tokenizer_fingerprint=fingerprint,
         long_validation=data.validation(recipe.max_seq_len) if recipe.max_seq_len > recipe.seq_len else None,

@@ -228,6 +228,8 @@ class Recipe(Strict):
     tokenize_workers: int = Field(0, ge=0, le=MAX_WORKERS)  # processes that tokenize; 0: one per CPU core
     max_epochs: float = Field(4.0, gt=0, le=MAX_EPOCHS)  # the plan warns when a source is read more often
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # where metrics go: metrics.jsonl always; also TensorBoard event files, W&B (offline by default)
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]
 
     @property
     def tokenizer_path(self) -> Path:

@@ -24,7 +24,8 @@ from .fileio import write_json_atomic
 MARKER, FILES, LOCK = ".cpt-run.json", ".cpt-files.json", ".cpt-lock"
 # what a run writes before its first checkpoint (the shard cache `shards/` is kept on purpose)
 _HELD: dict[str, int] = {}  # lock file -> descriptor, for the locks this process holds
-OWNED = ("recipe.yaml", "metrics.jsonl", "data", "buffer", "plots", "summary.json", "report.md")
+OWNED = ("recipe.yaml", "metrics.jsonl", "data", "buffer", "plots", "summary.json", "report.md", "tensorboard",
+         "wandb")
 
 
 class RunFolder:

@@ -18,6 +18,7 @@ def finish(run) -> None:
     if run.dist.is_main:
         write_json_atomic(run.out / "summary.json", build_summary(run.recipe, run.metrics.records(), run.segments))
         write_report(run.out)
+    run.metrics.close()  # the sinks' last events flushed
     run.dist.barrier()
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, sinks: list | None = None):
         self.path = Path(path)
         self.enabled = enabled  # one writer: rank 0 of a multi-process run
+        self.sinks = list(sinks or []) if enabled else []  # TensorBoard, W&B (train/sinks.py)
         if enabled:
             self.path.touch()
 
@@ -26,13 +27,24 @@ class MetricsLog:
             record = {**_finite(record), "nonfinite": bad}
         with open(self.path, "a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
+        for sink in self.sinks:
+            sink.write(record)
 
     def size(self) -> int:
         return self.path.stat().st_size if self.enabled else 0
 
     def truncate(self, size: int) -> None:
+        """Back to `size` bytes (a checkpoint's); the sinks rewind to the same records."""
         if self.enabled:
             os.truncate(self.path, size)
+        if self.sinks:
+            kept = self.records()
+            for sink in self.sinks:
+                sink.rewind(kept)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
 
     def records(self) -> list[dict]:
         with open(self.path) as f:

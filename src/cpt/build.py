@@ -12,6 +12,7 @@ from .checkpoint.manager import CheckpointManager
 from .data.prepare import RunData
 from .data.tokenize import tokenizer_fingerprint
 from .eval.passkey import check_lengths
+from .eval.tasks import load_items
 from .distributed.batch import rank_accum, rank_slice
 from .distributed.env import Dist, from_env
 from .distributed.fsdp import shard_model
@@ -66,6 +67,7 @@ class Run:
     # windows of the longest seq_len, when a stage trains longer than the recipe's: loss by position
     long_validation: dict[str, torch.Tensor] | None = None
     tokenizer_fingerprint: str = ""  # recorded in every checkpoint: a merge or init of another tokenizer is refused
+    tasks: dict = field(default_factory=dict)  # `evals:`: name -> (its config, its items), read once
 
     def local(self, tokens: torch.Tensor, micro_batch: int) -> torch.Tensor:
         """This rank's part of a step's global batch, as (micro-batches, micro_batch, seq_len) on the device."""
@@ -108,6 +110,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     check_merges(recipe, model, fingerprint)  # all before --out is touched: a refused run leaves it as it was
     check_upscales(recipe, model, d.world)
     documents = check_documents(recipe, model, tokenizer)
+    tasks = {name: (cfg, load_items(name, cfg)) for name, cfg in recipe.evals.items()}  # bad files: one line, now
     # refused here if not installed; one W&B run per run folder
     sinks = make_sinks(recipe.loggers, out, hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]) \
         if d.is_main else []
@@ -130,6 +133,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
         state=TrainState(),
         recipe_hash=recipe_hash, new_ids=new_ids, folder=folder, dist=d, throughput=throughput,
         hooks=build_hooks(recipe), context=model_context(model), documents=documents, tokenizer_fingerprint=fingerprint,
+        tasks=tasks,
         long_validation=data.validation(recipe.max_seq_len) if recipe.max_seq_len > recipe.seq_len else None,
     )
     if d.is_main:

@@ -24,6 +24,7 @@ from .train.guard_cfg import NonFiniteCfg
 from .model.init_check import check_init_config
 from .model.relora_cfg import ReLoRACfg
 from .eval.passkey import PasskeyCfg
+from .eval.tasks import TaskCfg
 from .model.rope import RopeCfg, context_problems
 from .model.upscale import UpscaleCfg, depth_problems
 from .distributed.config import DistributedCfg
@@ -230,6 +231,8 @@ class Recipe(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # where metrics go: metrics.jsonl always; also TensorBoard event files, W&B (offline by default)
     loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]
+    # downstream tasks from local files, scored at the base and at each stage's start and end
+    evals: dict[str, TaskCfg] = {}
 
     @property
     def tokenizer_path(self) -> Path:
@@ -308,6 +311,8 @@ def load_recipe(path: str | Path) -> Recipe:
     except ValidationError as e:
         raise RecipeError(path, [_describe(err) for err in e.errors()]) from None
     recipe = _resolve_seq_lens(_resolve_init_paths(recipe, path.resolve().parent))
+    recipe = recipe.model_copy(update={"evals": {n: t.model_copy(update={"path": path.resolve().parent / t.path})
+                                                 for n, t in recipe.evals.items()}})  # relative to the recipe
     problems = check_recipe(recipe)
     if not problems:  # presets expand into plain stages; then the LRs they imply are checked
         recipe, problems = presets.expand(recipe)

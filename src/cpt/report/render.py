@@ -28,6 +28,7 @@ from cpt.report.tables import (
 )
 
 from cpt.report.positions import PLOT as POSITION_PLOT, passkey_section, plot_positions, position_section
+from cpt.report.tasks import tasks_section
 
 PLOTS_DIR = "plots"
 PLOT_FILES = {"val_loss": "val_loss.png", "lr": "lr.png", "train_loss": "train_loss.png"}
@@ -447,6 +448,7 @@ def build_markdown(summary: Mapping[str, Any], run_dir: Path, title: str,
         val_loss_section(summary),
         position_section(summary, PLOTS_DIR),
         passkey_section(summary),
+        tasks_section(summary),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
 

@@ -62,6 +62,13 @@ def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
                        **({"relora": _relora(st, records)} if st.relora else {})})
     edges = next((r["position_edges"] for r in evals if "position_edges" in r), None)
     out = {"sources": list(recipe.sources), "base_val_loss": base, "position_edges": edges, "stages": stages}
+    tasks = {(r["stage"], r["tag"]): r["scores"] for r in records if r.get("kind") == "tasks"}
+    if tasks:  # evals: each task's main score (accuracy, or bits per byte) at the base and each stage's edges
+        def main(scores):
+            return None if scores is None else {n: s.get("acc", s.get("bits_per_byte")) for n, s in scores.items()}
+        out["base_evals"] = main(next((s for (_, tag), s in tasks.items() if tag == "base"), None))
+        for st in stages:
+            st["evals_start"], st["evals_end"] = main(tasks.get((st["name"], "start"))), main(tasks.get((st["name"], "end")))
     keys = {(r["stage"], r["tag"]): r["accuracy"] for r in records if r.get("kind") == "passkey"}
     if keys:  # eval.passkey: accuracy by length and depth at the base and each stage's start and end
         out["base_passkey"] = next((a for (_, tag), a in keys.items() if tag == "base"), None)

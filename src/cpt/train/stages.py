@@ -16,6 +16,7 @@ from ..eval.document_loss import document_losses
 from ..data.mixture import StageMixture
 from ..data.packing import carry
 from ..eval.passkey import passkey_accuracy
+from ..eval.tasks import run_task
 from ..eval.validation import evaluate_positions, position_edges
 from ..model.load import build_model
 from ..model.rope import apply_context, context_at
@@ -79,6 +80,12 @@ def run_eval(run, stage: Stage, tag: str) -> dict[str, float]:
     if run.long_validation is None or tag != "periodic":
         record |= {"position_loss": positions, "position_edges": position_edges(r.max_seq_len)}
     run.metrics.write(record)
+    if run.tasks and tag != "periodic":
+        window = r.max_seq_len
+        scores = {name: run_task(run.model, run.tokenizer, cfg, items, window, run.device, run.autocast)
+                  for name, (cfg, items) in run.tasks.items()}
+        run.metrics.write({"kind": "tasks", "stage": stage.name, "tag": tag, "step": run.state.global_step,
+                           "tokens": run.state.tokens, "scores": scores})
     passkey = run.recipe.eval.passkey
     if passkey is not None and tag != "periodic":
         acc = passkey_accuracy(run.model, run.tokenizer, passkey, run.device, run.autocast)

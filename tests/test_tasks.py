@@ -74,8 +74,9 @@ def test_tasks_are_scored_at_the_base_and_each_stage(shared, tmp_path):
 
 
 @pytest.mark.parametrize("line,expected", [
-    ('{"context": "a b"}', "evals.t: {path}, line 2: no `continuation` field (a cloze item has context, continuation)"),
-    ('not json', "evals.t: {path}, line 2: not JSON"),
+    ('{"context": "a b"}', "evals.t: {path}:2: no `continuation` field (a cloze item has context, continuation)"),
+    ('not json', "evals.t: {path}:2: not valid JSON"),
+    ('[1, 2]', "evals.t: {path}:2: expected a JSON object"),
 ])
 def test_bad_task_file_is_one_line(shared, tmp_path, capsys, line, expected):
     from cpt.cli import main
@@ -98,5 +99,5 @@ def test_a_choice_answer_out_of_range_is_refused(tmp_path):
 
     path = tmp_path / "c.jsonl"
     path.write_text('{"question": "q", "choices": ["a", "b"], "answer": 2}\n')
-    with pytest.raises(CptError, match=r"line 1: `answer` 2 is not an index into its 2 choices"):
+    with pytest.raises(CptError, match=r"c.jsonl:1: `answer` 2 is not an index into its 2 choices"):
         load_items("c", TaskCfg(kind="choice", path=path))

@@ -73,7 +73,7 @@ def records(src: SourceCfg, path: Path) -> Iterator[tuple[str, dict]]:
     """(where, record) for every record of one input, `where` naming the file and line or row."""
     fmt = src.resolved_format()
     if fmt == "jsonl":
-        return _jsonl_records(path, src.errors)
+        return jsonl_records(path, src.errors)
     if fmt == "parquet":
         return _parquet_records(path)
     return _hf_records(path)
@@ -162,7 +162,7 @@ def first_record_problem(name: str, src: SourceCfg, path: Path) -> str | None:
     return None
 
 
-def _jsonl_records(path: Path, errors: str) -> Iterator[tuple[str, dict]]:
+def jsonl_records(path: Path, errors: str) -> Iterator[tuple[str, dict]]:
     # utf-8-sig: a byte-order mark before the first record (as some Windows tools write) is not data
     with open(path, encoding="utf-8-sig", errors=errors) as f:
         for n, line in enumerate(f, 1):

@@ -12,7 +12,6 @@ runs the same forwards (a sharded model gathers its weights in each).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Literal
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..config import Strict
+from ..data.sources import jsonl_records
 from ..errors import CptError
 from .mode import evaluating
 
@@ -37,33 +37,27 @@ class TaskCfg(Strict):
 
 def load_items(name: str, cfg: TaskCfg) -> list:
     """The task's items, each checked: a missing field or an answer out of range names its line."""
-    where = f"evals.{name}: {cfg.path}"
     if not cfg.path.is_file():
-        raise CptError(f"{where}: file not found")
-    text = cfg.path.read_text(encoding="utf-8")
+        raise CptError(f"evals.{name}: {cfg.path}: file not found")
     if cfg.kind == "perplexity" and cfg.path.suffix.lower() != ".jsonl":
-        return [text]
-    items = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CptError(f"{where}, line {n}: not JSON ({e.msg})") from None
-        need = FIELDS.get(cfg.kind, ("text",))
-        missing = [f for f in need if not isinstance(item, dict) or f not in item]
-        if missing:
-            raise CptError(f"{where}, line {n}: no `{missing[0]}` field (a {cfg.kind} item has {', '.join(need)})")
-        if cfg.kind == "choice":
-            a, choices = item["answer"], item["choices"]
-            if not isinstance(choices, list) or len(choices) < 2:
-                raise CptError(f"{where}, line {n}: `choices` must be a list of at least two strings")
-            if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < len(choices):
-                raise CptError(f"{where}, line {n}: `answer` {a!r} is not an index into its {len(choices)} choices")
-        items.append(item if cfg.kind != "perplexity" else item["text"])
-        if cfg.limit and len(items) == cfg.limit:
-            break
+        return [cfg.path.read_text(encoding="utf-8")]
+    items, need = [], FIELDS.get(cfg.kind, ("text",))
+    try:
+        for where, item in jsonl_records(cfg.path, "strict"):  # `path:line`, each a JSON object
+            missing = [f for f in need if f not in item]
+            if missing:
+                raise CptError(f"{where}: no `{missing[0]}` field (a {cfg.kind} item has {', '.join(need)})")
+            if cfg.kind == "choice":
+                a, choices = item["answer"], item["choices"]
+                if not isinstance(choices, list) or len(choices) < 2:
+                    raise CptError(f"{where}: `choices` must be a list of at least two strings")
+                if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < len(choices):
+                    raise CptError(f"{where}: `answer` {a!r} is not an index into its {len(choices)} choices")
+            items.append(item if cfg.kind != "perplexity" else item["text"])
+            if cfg.limit and len(items) == cfg.limit:
+                break
+    except CptError as e:
+        raise CptError(f"evals.{name}: {e}") from None
     if not items:
         raise CptError(f"{where}: no items")
     return items

@@ -18,26 +18,45 @@ def shared() -> Path:
     return SHARED
 
 
+def write_recipe(path: Path, shared: Path, sources: str, stages: str, header: str = "", seq_len: int = 64,
+                 micro_batch: int = 4, batch_tokens: int = 256, optimizer: str = "{lr: 1.0e-3}") -> Path:
+    """A recipe file on stories260K with the given YAML blocks: `sources:` and `stages:` entries
+    (indented as under those keys) and top-level `header` lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"""
+model: {{path: {shared}/models/stories260K}}
+seq_len: {seq_len}
+micro_batch: {micro_batch}
+batch_tokens: {batch_tokens}
+optimizer: {optimizer}
+sources:
+{sources}
+{header}
+stages:
+{stages}""")
+    return path
+
+
 def small_recipe(tmp_path: Path, shared: Path, stages: str, header: str = "", optimizer: str = "{lr: 1.0e-3}"):
     """A validated recipe over the shared corpora (stories, wiki, math): 64-token samples,
     256 tokens a step, lr 1e-3, and the given YAML `stages:` block (plus top-level `header` lines)."""
     from cpt.recipe import load_recipe
 
-    path = tmp_path / "small.yaml"
-    path.write_text(f"""
-model: {{path: {shared}/models/stories260K}}
-seq_len: 64
-micro_batch: 4
-batch_tokens: 256
-optimizer: {optimizer}
-sources:
-  stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
+    sources = f"""  stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
   wiki: {{paths: [{shared}/corpora/en/wikipedia_en.txt], format: lines}}
-  math: {{paths: [{shared}/corpora/math/gsm8k_train.jsonl], template: "{{question}}"}}
-{header}
-stages:
-{stages}""")
-    return load_recipe(path)
+  math: {{paths: [{shared}/corpora/math/gsm8k_train.jsonl], template: "{{question}}"}}"""
+    return load_recipe(write_recipe(tmp_path / "small.yaml", shared, sources, stages, header, optimizer=optimizer))
+
+
+def corpus_heads(folder: Path, shared: Path, stories_chars: int, math_lines: int) -> tuple[Path, Path]:
+    """The heads of TinyStories and GSM8K (enough tokens, a fraction of the tokenizing time),
+    written once into `folder`."""
+    stories, math = folder / "stories.txt", folder / "math.jsonl"
+    if not stories.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        stories.write_text((shared / "corpora/en/tinystories.txt").read_text()[:stories_chars])
+        math.write_text("\n".join((shared / "corpora/math/gsm8k_train.jsonl").read_text().splitlines()[:math_lines]) + "\n")
+    return stories, math
 
 
 VI_CHARS = ["ư", "ơ", "ạ", "ệ", "ế", "ộ", "ờ", "ả", "ị", "đ", "à", "á", "ố", "ủ", "ớ", "ì", "ấ", "ậ", "ồ", "ể"]

@@ -4,28 +4,20 @@ as weights or as the previous stage's mix with the sources carrying a tag upweig
 
 import pytest
 
+from conftest import write_recipe
 from cpt.errors import RecipeError
 
 
 def recipe(tmp_path, shared, anneal: str, first_mix: str = "{stories: 0.8, wiki: 0.2}"):
     from cpt.recipe import load_recipe
 
-    path = tmp_path / "anneal.yaml"
-    path.write_text(f"""
-model: {{path: {shared}/models/stories260K}}
-seq_len: 64
-micro_batch: 4
-batch_tokens: 256
-optimizer: {{lr: 1.0e-3}}
-sources:
-  stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
+    sources = f"""  stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
   wiki: {{paths: [{shared}/corpora/en/wikipedia_en.txt], format: lines, tags: {{quality: high}}}}
-  math: {{paths: [{shared}/corpora/math/gsm8k_train.jsonl], template: "{{question}}", tags: {{quality: high, kind: math}}}}
-stages:
-  - {{name: main, tokens: 2560, mix: {first_mix}, schedule: {{kind: constant, lr: 2.0e-3}}}}
+  math: {{paths: [{shared}/corpora/math/gsm8k_train.jsonl], template: "{{question}}", tags: {{quality: high, kind: math}}}}"""
+    stages = f"""  - {{name: main, tokens: 2560, mix: {first_mix}, schedule: {{kind: constant, lr: 2.0e-3}}}}
   - {{name: anneal, tokens: 1280, strategy: {anneal}}}
-""")
-    return path, load_recipe
+"""
+    return write_recipe(tmp_path / "anneal.yaml", shared, sources, stages), load_recipe
 
 
 def test_upweight_a_tag_from_the_previous_mix(shared, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import killed_at_step
+from conftest import corpus_heads, killed_at_step, write_recipe as conftest_recipe
 
 STAGES = """
   - {name: short, tokens: 2048, mix: {stories: 1.0}}
@@ -25,30 +25,13 @@ STAGES = """
 
 
 def write_recipe(tmp_path: Path, shared: Path, name: str, stages: str = STAGES, header: str = "") -> Path:
-    corpora = tmp_path / "corpora"
-    if not corpora.exists():
-        corpora.mkdir()
-        (corpora / "stories.txt").write_text((shared / "corpora/en/tinystories.txt").read_text()[:150_000])
-        math = (shared / "corpora/math/gsm8k_train.jsonl").read_text().splitlines()[:600]
-        (corpora / "math.jsonl").write_text("\n".join(math) + "\n")
-    (tmp_path / name).mkdir(parents=True, exist_ok=True)
-    path = tmp_path / name / "recipe.yaml"
-    path.write_text(f"""
-model: {{path: {shared}/models/stories260K}}
-seq_len: 256
-micro_batch: 2
-batch_tokens: 2048
-optimizer: {{lr: 2.0e-3}}
-validation: {{tokens_per_source: 2048}}
-checkpoint: {{every_tokens: 2048}}
-eval: {{passkey: {{lengths: [1024], depths: [0.5], trials: 1}}}}
-sources:
-  stories: {{paths: [{corpora / "stories.txt"}], separator: "<|endoftext|>", upsample_long: {{min_tokens: 300, factor: 2}}}}
-  math: {{paths: [{corpora / "math.jsonl"}], template: "{{question}}\\n{{answer}}"}}
-{header}
-stages:
-{stages}""")
-    return path
+    stories, math = corpus_heads(tmp_path / "corpora", shared, 150_000, 600)
+    sources = f"""  stories: {{paths: [{stories}], separator: "<|endoftext|>", upsample_long: {{min_tokens: 300, factor: 2}}}}
+  math: {{paths: [{math}], template: "{{question}}\\n{{answer}}"}}"""
+    header = ("validation: {tokens_per_source: 2048}\ncheckpoint: {every_tokens: 2048}\n"
+              "eval: {passkey: {lengths: [1024], depths: [0.5], trials: 1}}\n" + header)
+    return conftest_recipe(tmp_path / name / "recipe.yaml", shared, sources, stages, header, seq_len=256,
+                           micro_batch=2, batch_tokens=2048, optimizer="{lr: 2.0e-3}")
 
 
 def records(out: Path, kind: str) -> list[dict]:

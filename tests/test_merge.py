@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import corpus_heads, write_recipe as conftest_recipe
 from cpt.merging import ema_weights
 
 HEADER = """
@@ -17,25 +18,10 @@ checkpoint: {every_tokens: 256}
 
 
 def write_recipe(tmp_path: Path, shared: Path, stages: str, header: str = HEADER) -> Path:
-    stories = tmp_path / "stories.txt"
-    if not stories.exists():
-        stories.write_text((shared / "corpora/en/tinystories.txt").read_text()[:120_000])
-        math = (shared / "corpora/math/gsm8k_train.jsonl").read_text().splitlines()[:600]
-        (tmp_path / "math.jsonl").write_text("\n".join(math) + "\n")
-    path = tmp_path / "merge.yaml"
-    path.write_text(f"""
-model: {{path: {shared}/models/stories260K}}
-seq_len: 64
-micro_batch: 4
-batch_tokens: 256
-optimizer: {{lr: 3.0e-3}}
-sources:
-  stories: {{paths: [{stories}], separator: "<|endoftext|>"}}
-  math: {{paths: [{tmp_path / "math.jsonl"}], template: "{{question}}"}}
-{header}
-stages:
-{stages}""")
-    return path
+    stories, math = corpus_heads(tmp_path, shared, 120_000, 600)
+    sources = f"""  stories: {{paths: [{stories}], separator: "<|endoftext|>"}}
+  math: {{paths: [{math}], template: "{{question}}"}}"""
+    return conftest_recipe(tmp_path / "merge.yaml", shared, sources, stages, header, optimizer="{lr: 3.0e-3}")
 
 
 def weights_of(folder: Path) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, ValidationInfo, AfterValidator, mod
 
 from . import merging, presets
 from .config import MAX_SEQ_LEN, MAX_TOKENS, RecipeLoader, Strict, read_json_object
-from .data.sources import DECODED, RECORDS, first_record_problem, template_problem
+from .data.sources import check_source
 from .checkpoint.refs import check_point, parse_ref
 from .errors import RecipeError
 from .train.guard_cfg import NonFiniteCfg
@@ -491,35 +491,6 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
 def _groups(trainable: list[str]) -> set[str]:
     every = {"input_embeddings", "output_embeddings", "layers", "norms", "new_input_rows", "new_output_rows"}
     return every if "all" in trainable else set(trainable)
-
-
-def check_source(src: SourceCfg, where: str = "") -> list[str]:
-    """Problems with a source's input files and parsing options. `where` is its recipe field
-    (`sources.wiki`); empty for `cpt tokenize`, whose messages name the flags instead."""
-    def label(key: str) -> str:
-        return f"{where}.{key}" if where else "--" + key.replace("_", "-")
-
-    problems = []
-    p = problems.append
-    if src.template is not None and (problem := template_problem(src.template)):
-        p(f"{label('template')}: {problem}; the template is {src.template!r}")
-    fmt = src.resolved_format() if src.paths else None
-    for i, f in enumerate(src.paths):
-        if not (f.is_file() or (f.is_dir() and fmt == "hf")):
-            p(f"{where}.paths[{i}]: file not found: {f}" if where else f"{f}: file not found")
-    if src.separator is not None and fmt != "text":
-        p(f"{label('separator')}: only the `text` format has a separator (this source is {fmt})")
-    if src.template is not None and fmt not in RECORDS:
-        p(f"{label('template')}: only jsonl, parquet and hf sources have fields to template (this source is {fmt})")
-    if src.errors != "strict" and fmt not in DECODED:
-        p(f"{label('errors')}: only text, lines and jsonl files are decoded from bytes (this source is "
-          f"{fmt or 'a shard'}); remove `errors`")
-    if not problems and fmt in RECORDS:  # the first record of each input must give a text
-        name = where.removeprefix("sources.")
-        for f in src.paths:
-            if problem := first_record_problem(name, src, f):
-                p(f"{where}: {problem}" if where else problem)
-    return problems
 
 
 def _check_mix(r: Recipe, st: StageCfg, where: str, buffer_filled: bool) -> list[str]:

@@ -249,3 +249,32 @@ def _first_invalid_utf8(path: Path) -> tuple[int, int, int] | None:
                 return None
             done += len(chunk)
             lines += chunk.count(b"\n")
+
+
+def check_source(src, where: str = "") -> list[str]:
+    """Problems with a source's input files and parsing options. `where` is its recipe field
+    (`sources.wiki`); empty for `cpt tokenize`, whose messages name the flags instead."""
+    def label(key: str) -> str:
+        return f"{where}.{key}" if where else "--" + key.replace("_", "-")
+
+    problems = []
+    p = problems.append
+    if src.template is not None and (problem := template_problem(src.template)):
+        p(f"{label('template')}: {problem}; the template is {src.template!r}")
+    fmt = src.resolved_format() if src.paths else None
+    for i, f in enumerate(src.paths):
+        if not (f.is_file() or (f.is_dir() and fmt == "hf")):
+            p(f"{where}.paths[{i}]: file not found: {f}" if where else f"{f}: file not found")
+    if src.separator is not None and fmt != "text":
+        p(f"{label('separator')}: only the `text` format has a separator (this source is {fmt})")
+    if src.template is not None and fmt not in RECORDS:
+        p(f"{label('template')}: only jsonl, parquet and hf sources have fields to template (this source is {fmt})")
+    if src.errors != "strict" and fmt not in DECODED:
+        p(f"{label('errors')}: only text, lines and jsonl files are decoded from bytes (this source is "
+          f"{fmt or 'a shard'}); remove `errors`")
+    if not problems and fmt in RECORDS:  # the first record of each input must give a text
+        name = where.removeprefix("sources.")
+        for f in src.paths:
+            if problem := first_record_problem(name, src, f):
+                p(f"{where}: {problem}" if where else problem)
+    return problems

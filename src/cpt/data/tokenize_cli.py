@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from ..errors import CptError
-from ..recipe import SourceCfg, check_source
+from ..recipe import SourceCfg
+from .sources import check_source
 from .tokenize import input_record, complete_meta, content_key, tokenize_source, tokenizer_fingerprint
 
 HELP = """Tokenize text, JSONL, Parquet or Hugging Face datasets (save_to_disk folders) into one

@@ -55,7 +55,8 @@ from ..data.sources import iter_documents
 from ..data.tokenize import file_sha256
 from ..errors import CptError
 from ..fileio import fsync_dir, replace_dir
-from ..recipe import SourceCfg, check_source
+from ..data.sources import check_source
+from ..recipe import SourceCfg
 from .bpe import learn_merges, missing_characters
 from .files import read_tokenizer
 from .pieces import SPACE, PieceRules, byte_level_allows

@@ -66,7 +66,8 @@ class Cpt:
         for _ in range(n):
             t0 = time.perf_counter()
             r = self.run
-            train_step(r.model, r.optimizer, r.local(batch(r, self.stage, self.k)), 1e-3, 1.0, r.autocast, r.dist)
+            train_step(r.model, r.optimizer, r.local(batch(r, self.stage, self.k), r.recipe.stage_micro(self.stage.cfg)),
+                       1e-3, 1.0, r.autocast, r.dist, self.stage.inputs)
             times.append(time.perf_counter() - t0)
             self.k += 1
         return times

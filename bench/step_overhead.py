@@ -46,7 +46,8 @@ def make_run(root: Path, seq_len: int, micro: int, accum: int):
 def cpt_steps(run, stage, start: int, steps: int) -> float:
     t0 = time.perf_counter()
     for k in range(start, start + steps):
-        train_step(run.model, run.optimizer, run.local(batch(run, stage, k)), 1e-3, 1.0, run.autocast, run.dist)
+        train_step(run.model, run.optimizer, run.local(batch(run, stage, k), run.recipe.stage_micro(stage.cfg)), 1e-3, 1.0,
+                   run.autocast, run.dist, stage.inputs)
     return (time.perf_counter() - t0) / steps
 
 

@@ -19,10 +19,10 @@ def model_and_tokenizer(shared):
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
-def stories_tasks(shared, folder):
+def stories_tasks(shared, folder, n=12):
     """A LAMBADA-style cloze (a story's last word), a two-way choice and a text, from TinyStories."""
-    text = (shared / "corpora/en/tinystories.txt").read_text()[:60_000]
-    stories = [s.strip() for s in text.split("<|endoftext|>") if len(s.split()) > 30][:12]
+    text = (shared / "corpora/en/tinystories.txt").read_text()[:60_000 * (1 + n // 12)]
+    stories = [s.strip() for s in text.split("<|endoftext|>") if len(s.split()) > 30][:n]
     cloze, choice = [], []
     for i, s in enumerate(stories):
         head, last = s.rsplit(" ", 1)
@@ -35,14 +35,19 @@ def stories_tasks(shared, folder):
     return stories
 
 
+CPU = torch.device("cpu")
+
+
 def test_loglikelihood_and_bits_per_byte_equal_the_models_loss(model_and_tokenizer):
-    from cpt.eval.tasks import bits_per_byte, continuation_logprobs
+    from cpt.distributed.env import Dist
+    from cpt.eval.scoring import encode_pair, score
+    from cpt.eval.tasks import bits_per_byte
 
     model, tok = model_and_tokenizer
-    context, continuation = "Once upon a time there was a little", " girl named Lily"
-    lp, _ = continuation_logprobs(model, tok, context, continuation, torch.device("cpu"))
-    ctx = [tok.bos_token_id] + tok(context, add_special_tokens=False)["input_ids"]
-    cont = tok(continuation, add_special_tokens=False)["input_ids"]
+    ctx, cont = encode_pair(tok, "Once upon a time there was a little ", "girl named Lily")
+    assert ctx[0] == tok.bos_token_id and ctx + cont == [tok.bos_token_id] + tok(
+        "Once upon a time there was a little girl named Lily", add_special_tokens=False)["input_ids"]
+    (lp, _), = score(model, [(ctx + cont, len(ctx))], 512, 4, CPU, Dist())
     labels = torch.tensor([[-100] * len(ctx) + cont])
     with torch.no_grad():
         loss = model(input_ids=torch.tensor([ctx + cont]), labels=labels).loss
@@ -51,8 +56,77 @@ def test_loglikelihood_and_bits_per_byte_equal_the_models_loss(model_and_tokeniz
     ids = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         nats = float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
-    assert bits_per_byte(model, tok, [text], 512, torch.device("cpu")) == pytest.approx(
+    assert bits_per_byte(model, tok, [text], 512, 4, CPU, Dist()) == pytest.approx(
         nats / math.log(2) / len(text.encode()), rel=1e-5)
+
+
+def test_batches_and_ranks_score_as_one_at_a_time(model_and_tokenizer, monkeypatch):
+    """Padding on the right changes no score; two ranks' shares add up to one process's scores."""
+    from cpt.distributed.env import Dist
+    from cpt.eval.scoring import encode_pair, score
+
+    model, tok = model_and_tokenizer
+    words = "The cat sat on the mat and then it ran to the big red ball in the park".split()
+    requests = [(c + t, len(c)) for c, t in (encode_pair(tok, " ".join(words[:k]), " " + words[k])
+                                             for k in range(1, len(words)))]
+    alone = score(model, requests, 512, 1, CPU, Dist())
+    batched = score(model, requests, 512, 5, CPU, Dist())
+    assert [g for _, g in batched] == [g for _, g in alone]
+    assert [lp for lp, _ in batched] == pytest.approx([lp for lp, _ in alone], abs=1e-4)
+    monkeypatch.setattr(Dist, "sum_tensor", lambda self, t, device: t)  # each rank's own share
+    shares = [score(model, requests, 512, 3, CPU, Dist(rank=r, world=2)) for r in range(2)]
+    assert [a[0] + b[0] for a, b in zip(*shares)] == pytest.approx([lp for lp, _ in alone], abs=1e-4)
+    assert sum(g for share in shares for _, g in share) == sum(g for _, g in alone)
+    short = score(model, [(requests[-1][0], requests[-1][1])], 4, 1, CPU, Dist())  # cut to its last 4 tokens
+    assert short[0][0] < 0
+
+
+def test_gsm8k_answers_are_extracted_and_the_prompt_fits():
+    from cpt.eval.generate import extract, gold, prompt_ids
+
+    assert gold("48/2 = 24\n#### 1,072") == "1072" and gold("no marker") is None
+    assert extract("so 3+4 = 7.\n#### $72.") == ("72", "72")
+    assert extract("The answer is 12, not 13.") == (None, "13")
+
+    class Chars:  # one token per character
+        bos_token_id = None
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+    shots = [{"question": "1+1?", "answer": "2\n#### 2"}, {"question": "2+2?", "answer": "4\n#### 4"}]
+    item = {"question": "3+3?", "answer": "6\n#### 6"}
+    full = "Question: 1+1?\nAnswer: 2\n#### 2\n\nQuestion: 2+2?\nAnswer: 4\n#### 4\n\nQuestion: 3+3?\nAnswer:"
+    assert "".join(map(chr, prompt_ids(Chars(), shots, item, 1000))) == full
+    assert "".join(map(chr, prompt_ids(Chars(), shots, item, 60))) == full.split("\n\n", 1)[1]  # the oldest shot goes
+
+
+def test_lm_eval_harness_agrees_with_our_scores(shared, tmp_path, model_and_tokenizer):
+    """The same files through lm-evaluation-harness (local YAML over local JSONL, the in-memory
+    model): cloze and choice accuracy within half a point, bits per byte within 0.1%, and the same
+    few-shot exact match."""
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install lm_eval)")
+    from cpt.distributed.env import Dist
+    from cpt.eval.tasks import TaskCfg, load_items, run_task
+    import contextlib
+
+    model, tok = model_and_tokenizer
+    stories_tasks(shared, tmp_path, n=40)
+    (tmp_path / "gsm.jsonl").write_text("".join((shared / "corpora/math/gsm8k_train.jsonl").read_text()
+                                                .splitlines(keepends=True)[:5]))
+    for kind, file, extra in [("cloze", "cloze.jsonl", {}), ("choice", "choice.jsonl", {}),
+                              ("perplexity", "text.txt", {}),
+                              ("generate", "gsm.jsonl", {"shots": 1, "max_new_tokens": 24})]:
+        scores = {}
+        for backend in ("cpt", "lm-eval"):
+            cfg = TaskCfg(kind=kind, path=tmp_path / file, backend=backend, **extra)
+            scores[backend] = run_task(model, tok, cfg, load_items(kind, cfg), 512, 4, CPU, contextlib.nullcontext,
+                                       Dist())
+        ours, theirs = scores["cpt"], scores["lm-eval"]
+        assert set(ours) == set(theirs), kind
+        for key in ours:
+            tolerance = 1e-3 * ours[key] if key == "bits_per_byte" else 0.005
+            assert abs(ours[key] - theirs[key]) <= tolerance, (kind, key, ours, theirs)
 
 
 def test_tasks_are_scored_at_the_base_and_each_stage(shared, tmp_path):
@@ -61,12 +135,15 @@ def test_tasks_are_scored_at_the_base_and_each_stage(shared, tmp_path):
     stories_tasks(shared, tmp_path)
     header = (f"validation: {{tokens_per_source: 256}}\nevals:\n  cloze: {{kind: cloze, path: {tmp_path}/cloze.jsonl}}\n"
               f"  choice: {{kind: choice, path: {tmp_path}/choice.jsonl}}\n"
-              f"  text: {{kind: perplexity, path: {tmp_path}/text.txt}}")
+              f"  text: {{kind: perplexity, path: {tmp_path}/text.txt}}\n"
+              f"  gsm8k: {{kind: generate, path: {shared}/corpora/math/gsm8k_train.jsonl, shots: 1, limit: 2, "
+              "max_new_tokens: 8}")
     small_recipe(tmp_path, shared, "  - {name: a, tokens: 512, mix: {math: 1.0}}\n", header)
     run_recipe(tmp_path / "small.yaml", tmp_path / "out")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     base, end = summary["base_evals"], summary["stages"][0]["evals_end"]
-    assert set(base) == {"cloze", "choice", "text"} and 0 <= base["cloze"] <= 1 and base["text"] > 0
+    assert set(base) == {"cloze", "choice", "text", "gsm8k"} and 0 <= base["cloze"] <= 1 and base["text"] > 0
+    assert base["gsm8k"] == 0  # a 260K-parameter story model does not solve GSM8K
     assert base["choice"] > 0.5  # the story's own last word is likelier than another story's
     assert end["text"] != base["text"]  # trained on GSM8K: TinyStories' bits per byte moved
     assert summary["stages"][0]["evals_start"] == base
@@ -101,3 +178,31 @@ def test_a_choice_answer_out_of_range_is_refused(tmp_path):
     path.write_text('{"question": "q", "choices": ["a", "b"], "answer": 2}\n')
     with pytest.raises(CptError, match=r"c.jsonl:1: `answer` 2 is not an index into its 2 choices"):
         load_items("c", TaskCfg(kind="choice", path=path))
+
+
+def test_lm_eval_missing_or_under_ranks_is_refused(shared, tmp_path, monkeypatch):
+    import importlib.util
+
+    from cpt.errors import CptError
+    from cpt.eval.harness import check_harness
+    from cpt.recipe import load_recipe
+
+    stories_tasks(shared, tmp_path)
+    small_recipe(tmp_path, shared, "  - {name: a, tokens: 256, mix: {stories: 1.0}}\n",
+                 f"evals: {{c: {{kind: cloze, path: {tmp_path}/cloze.jsonl, backend: lm-eval}}}}")
+    recipe = load_recipe(tmp_path / "small.yaml")
+    with pytest.raises(CptError, match="evals.c: backend lm-eval runs in one process, not under 2 ranks"):
+        check_harness(recipe, 2) if importlib.util.find_spec("lm_eval") else pytest.skip("lm_eval not installed")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(CptError, match="evals.c: backend lm-eval needs lm-evaluation-harness, which is not "
+                                       "installed; pip install lm_eval"):
+        check_harness(recipe, 1)
+
+
+def test_generate_options_belong_to_generate(tmp_path):
+    from pydantic import ValidationError
+
+    from cpt.eval.tasks import TaskCfg
+
+    with pytest.raises(ValidationError, match="`shots` and `max_new_tokens` are for kind: generate, not cloze"):
+        TaskCfg(kind="cloze", path=tmp_path, shots=3)

@@ -12,6 +12,7 @@ from .checkpoint.manager import CheckpointManager
 from .data.prepare import RunData
 from .data.tokenize import tokenizer_fingerprint
 from .eval.passkey import check_lengths
+from .eval.harness import check_harness
 from .eval.tasks import load_items
 from .distributed.batch import rank_accum, rank_slice
 from .distributed.env import Dist, from_env
@@ -111,6 +112,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     check_upscales(recipe, model, d.world)
     documents = check_documents(recipe, model, tokenizer)
     tasks = {name: (cfg, load_items(name, cfg)) for name, cfg in recipe.evals.items()}  # bad files: one line, now
+    check_harness(recipe, d.world)
     # refused here if not installed; one W&B run per run folder
     sinks = make_sinks(recipe.loggers, out, hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]) \
         if d.is_main else []

@@ -9,7 +9,6 @@ generator seeded by (seed, length, depth, trial), so a check is the same whereve
 from __future__ import annotations
 
 import contextlib
-import inspect
 import re
 from typing import Annotated
 
@@ -20,6 +19,7 @@ from pydantic import Field
 from ..config import Strict
 from ..errors import CptError
 from .mode import evaluating
+from .scoring import greedy
 
 INTRO = "Remember the pass key hidden in this text."
 FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -85,7 +85,7 @@ def passkey_accuracy(model, tokenizer, cfg: PasskeyCfg, device,
                     key = _key(cfg, length, depth, trial)
                     ids = torch.tensor([passkey_prompt(tokenizer, length, depth, key)], device=device)
                     with autocast():
-                        answer = _greedy(model, ids, new_tokens)
+                        answer = greedy(model, ids, new_tokens)
                     found = re.search(r"\d+", tokenizer.decode(answer))
                     hits += found is not None and found.group() == key
                 row[f"{depth:g}"] = hits / cfg.trials
@@ -96,23 +96,6 @@ def passkey_accuracy(model, tokenizer, cfg: PasskeyCfg, device,
 def _key(cfg: PasskeyCfg, length: int, depth: float, trial: int) -> str:
     rng = np.random.default_rng([cfg.seed, length, int(round(depth * 1e6)), trial])
     return str(int(rng.integers(10 ** (cfg.digits - 1), 10 ** cfg.digits)))
-
-
-@torch.no_grad()
-def _greedy(model, ids: torch.Tensor, n: int) -> list[int]:
-    """n greedy tokens, always n (no early stop: under FSDP2 every rank runs the same forwards),
-    with the model's KV cache when it returns one."""
-    # transformers 5.2x names the cache `cache`; earlier 5.x and 4.x `past_key_values`
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    out, past, step = [], None, ids
-    for _ in range(n):
-        result = model(input_ids=step, use_cache=True, **({name: past} if past is not None else {}))
-        nxt = int(result.logits[0, -1].argmax())
-        out.append(nxt)
-        ids = torch.cat([ids, ids.new_tensor([[nxt]])], dim=1)
-        past = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
-        step = ids[:, -1:] if past is not None else ids
-    return out
 
 
 def format_table(acc: dict[str, dict[str, float]]) -> str:

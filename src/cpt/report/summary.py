@@ -40,6 +40,9 @@ def _relora(st, records: list[dict]) -> dict:
             "merge_steps": [r["step"] for r in merges], "pruned_share": [r["pruned"] for r in merges]}
 
 
+MAIN_SCORES = ("acc", "exact_match", "bits_per_byte")  # eval/tasks.py's SCORE, by what a record holds
+
+
 def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
     evals = [r for r in records if r.get("kind") == "eval"]
     data = {r["stage"]: r["data_seen"] for r in records if r.get("kind") == "data"}
@@ -63,9 +66,9 @@ def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
     edges = next((r["position_edges"] for r in evals if "position_edges" in r), None)
     out = {"sources": list(recipe.sources), "base_val_loss": base, "position_edges": edges, "stages": stages}
     tasks = {(r["stage"], r["tag"]): r["scores"] for r in records if r.get("kind") == "tasks"}
-    if tasks:  # evals: each task's main score (accuracy, or bits per byte) at the base and each stage's edges
+    if tasks:  # evals: each task's main score (accuracy, exact match, or bits per byte) at the base and each stage's edges
         def main(scores):
-            return None if scores is None else {n: s.get("acc", s.get("bits_per_byte")) for n, s in scores.items()}
+            return None if scores is None else {n: next(s[k] for k in MAIN_SCORES if k in s) for n, s in scores.items()}
         out["base_evals"] = main(next((s for (_, tag), s in tasks.items() if tag == "base"), None))
         for st in stages:
             st["evals_start"], st["evals_end"] = main(tasks.get((st["name"], "start"))), main(tasks.get((st["name"], "end")))

@@ -24,5 +24,5 @@ def tasks_section(summary: Mapping[str, Any]) -> str | None:
     names = [st["name"] for st in stages]
     return "\n".join(["## Downstream tasks", "",
                       "Score at the base and at the end of each stage (in brackets: the change against the base). "
-                      "cloze and choice: accuracy; perplexity: bits per byte (lower is better).", "",
+                      "cloze and choice: accuracy; generate: exact match; perplexity: bits per byte (lower is better).", "",
                       markdown_table(rows, ["task", "base", *names])])

@@ -81,9 +81,8 @@ def run_eval(run, stage: Stage, tag: str) -> dict[str, float]:
         record |= {"position_loss": positions, "position_edges": position_edges(r.max_seq_len)}
     run.metrics.write(record)
     if run.tasks and tag != "periodic":
-        window = r.max_seq_len
-        scores = {name: run_task(run.model, run.tokenizer, cfg, items, window, run.device, run.autocast)
-                  for name, (cfg, items) in run.tasks.items()}
+        scores = {name: run_task(run.model, run.tokenizer, cfg, items, r.max_seq_len, r.micro_batch, run.device,
+                                 run.autocast, run.dist) for name, (cfg, items) in run.tasks.items()}
         run.metrics.write({"kind": "tasks", "stage": stage.name, "tag": tag, "step": run.state.global_step,
                            "tokens": run.state.tokens, "scores": scores})
     passkey = run.recipe.eval.passkey

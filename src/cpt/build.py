@@ -31,6 +31,7 @@ from .train.relora import ReLoRA
 from .train import inputs
 from .train.merge import check_merges
 from .train.upscale import check_upscales
+from .train.monitor import StabilityMonitor
 from .train.hooks import Hooks
 from .train.saves import SealSaves
 from .train.sinks import make_sinks
@@ -164,6 +165,8 @@ def build_hooks(recipe: Recipe) -> Hooks:
         hooks.append(ReLoRA())
     if recipe.checkpoint.asynchronous:
         hooks.append(SealSaves())
+    if recipe.monitor is not None:
+        hooks.append(StabilityMonitor(recipe.monitor))
     return Hooks(hooks)
 
 

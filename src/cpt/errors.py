@@ -105,3 +105,12 @@ def describe_decode_error(e: UnicodeDecodeError, where: str = "") -> str:
     bad = e.object[e.start:e.start + 1].hex() if isinstance(e.object, bytes) else "?"
     return (f"{path or where or 'an input'}: not {e.encoding.upper()} text (byte 0x{bad}: {e.reason}); "
             "save it as UTF-8 or check the format")
+
+
+def unknown_name(what: str, name: str, known) -> str:
+    """`unknown source `wikj`; did you mean `wiki`?` (or the list of known names when none is close)."""
+    import difflib
+
+    known = list(known)
+    near = difflib.get_close_matches(name, known, n=1)
+    return f"unknown {what} `{name}`" + (f"; did you mean `{near[0]}`?" if near else f" (known: {', '.join(known)})")

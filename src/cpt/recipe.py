@@ -21,6 +21,7 @@ from .data.sources import check_source
 from .checkpoint.refs import check_point, parse_ref
 from .errors import RecipeError
 from .train.guard_cfg import NonFiniteCfg
+from .train.monitor_cfg import MonitorCfg, check_monitor
 from .model.init_check import check_init_config
 from .model.relora_cfg import ReLoRACfg
 from .eval.passkey import PasskeyCfg
@@ -224,6 +225,7 @@ class Recipe(Strict):
     checkpoint: CheckpointCfg = CheckpointCfg()
     distributed: DistributedCfg = DistributedCfg()  # under torchrun: FSDP2 settings (distributed/config.py)
     nonfinite: NonFiniteCfg = NonFiniteCfg()  # skip NaN/Inf steps; stop after max_bad_steps in a row
+    monitor: MonitorCfg | None = None  # the stability gap: dense evals over each stage's first part
     base_sources: list[str] = []  # the starting model's own pretraining data (D0), if known
     data_dir: RelPath | None = None  # shard cache shared between runs; default <out>/shards
     tokenize_workers: int = Field(0, ge=0, le=MAX_WORKERS)  # processes that tokenize; 0: one per CPU core
@@ -414,6 +416,7 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
                     p(f"{where}.prefix: file not found: {src.prefix}{ext}")
         problems += check_source(src, where)
 
+    problems += check_monitor(r.monitor, r.sources)
     for name in r.base_sources:
         if name not in r.sources:
             p(f"base_sources: unknown source `{name}`")

@@ -28,6 +28,7 @@ from cpt.report.tables import (
 )
 
 from cpt.report.positions import PLOT as POSITION_PLOT, passkey_section, plot_positions, position_section
+from cpt.report.stability import PLOT as STABILITY_PLOT, plot_stability, stability_section
 from cpt.report.tasks import tasks_section
 
 PLOTS_DIR = "plots"
@@ -449,6 +450,7 @@ def build_markdown(summary: Mapping[str, Any], run_dir: Path, title: str,
         position_section(summary, PLOTS_DIR),
         passkey_section(summary),
         tasks_section(summary),
+        stability_section(summary, PLOTS_DIR),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
 
@@ -466,6 +468,7 @@ def write_report(run_dir: Path, title: str | None = None) -> Path:
     plot_lr(summary, records, plots / PLOT_FILES["lr"])
     plot_train_loss(summary, records, plots / PLOT_FILES["train_loss"])
     plot_positions(summary, plots / POSITION_PLOT, _pyplot, _save)
+    plot_stability(summary, records, plots / STABILITY_PLOT, _pyplot, _save)
     report = run_dir / "report.md"
     atomic_write_text(report, build_markdown(summary, run_dir, title or f"CPT run report: {run_dir.name}", records))
     return report

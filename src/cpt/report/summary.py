@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..recipe import BUFFER, Recipe
 from ..schedules import step_lr
+from .stability import stability
 
 
 def source_roles(recipe: Recipe) -> list[tuple[list[str], list[str]]]:
@@ -63,6 +64,9 @@ def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
                        "skipped_steps": [r["step"] for r in records
                                          if r.get("kind") == "train" and r.get("stage") == st.name and r.get("skipped")],
                        **({"relora": _relora(st, records)} if st.relora else {})})
+    for st in stages:  # monitor: the stability gap of each stage, per monitored source
+        if (gaps := stability(records, st)) is not None:
+            st["stability"] = gaps
     edges = next((r["position_edges"] for r in evals if "position_edges" in r), None)
     out = {"sources": list(recipe.sources), "base_val_loss": base, "position_edges": edges, "stages": stages}
     tasks = {(r["stage"], r["tag"]): r["scores"] for r in records if r.get("kind") == "tasks"}

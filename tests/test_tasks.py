@@ -133,7 +133,7 @@ def test_tasks_are_scored_at_the_base_and_each_stage(shared, tmp_path):
     from cpt.runner import run_recipe
 
     stories_tasks(shared, tmp_path)
-    header = (f"validation: {{tokens_per_source: 256}}\nevals:\n  cloze: {{kind: cloze, path: {tmp_path}/cloze.jsonl}}\n"
+    header = (f"validation: {{tokens_per_source: 256}}\neval: {{every_tokens: 256, tasks: every}}\nevals:\n  cloze: {{kind: cloze, path: {tmp_path}/cloze.jsonl}}\n"
               f"  choice: {{kind: choice, path: {tmp_path}/choice.jsonl}}\n"
               f"  text: {{kind: perplexity, path: {tmp_path}/text.txt}}\n"
               f"  gsm8k: {{kind: generate, path: {shared}/corpora/math/gsm8k_train.jsonl, shots: 1, limit: 2, "
@@ -148,6 +148,10 @@ def test_tasks_are_scored_at_the_base_and_each_stage(shared, tmp_path):
     assert end["text"] != base["text"]  # trained on GSM8K: TinyStories' bits per byte moved
     assert summary["stages"][0]["evals_start"] == base
     assert "## Downstream tasks" in (tmp_path / "out" / "report.md").read_text()
+    assert (tmp_path / "out" / "plots" / "tasks.png").stat().st_size > 0
+    tags = [r["tag"] for r in map(json.loads, (tmp_path / "out" / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "tasks"]
+    assert tags == ["base", "start", "periodic", "end"]  # eval.tasks: every adds the periodic evaluations
 
 
 @pytest.mark.parametrize("line,expected", [

@@ -31,6 +31,7 @@ from .train.relora import ReLoRA
 from .train import inputs
 from .train.merge import check_merges
 from .train.upscale import check_upscales
+from .train.forgetting import ForgettingGuard
 from .train.monitor import StabilityMonitor
 from .train.hooks import Hooks
 from .train.saves import SealSaves
@@ -70,6 +71,7 @@ class Run:
     long_validation: dict[str, torch.Tensor] | None = None
     tokenizer_fingerprint: str = ""  # recorded in every checkpoint: a merge or init of another tokenizer is refused
     tasks: dict = field(default_factory=dict)  # `evals:`: name -> (its config, its items), read once
+    last_eval: dict = field(default_factory=dict)  # the latest evaluation's losses and task scores
 
     def local(self, tokens: torch.Tensor, micro_batch: int) -> torch.Tensor:
         """This rank's part of a step's global batch, as (micro-batches, micro_batch, seq_len) on the device."""
@@ -93,10 +95,11 @@ def recipe_fingerprint(recipe: Recipe) -> str:
 
 
 def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_path: Path | None = None,
-              peak_tflops: float | None = None) -> Run:
-    """Claim the output folder, then build tokenizer, model, data and bookkeeping, in that order."""
+              peak_tflops: float | None = None, fingerprint: str | None = None) -> Run:
+    """Claim the output folder, then build tokenizer, model, data and bookkeeping, in that order.
+    `fingerprint`: the recipe as written, when `recipe` is one of its guarded stages' attempts."""
     out = Path(out)
-    recipe_hash = recipe_fingerprint(recipe)
+    recipe_hash = fingerprint or recipe_fingerprint(recipe)
     device = pick_device(recipe.device)
     d = from_env(device)
     check_world(recipe, d)
@@ -167,6 +170,8 @@ def build_hooks(recipe: Recipe) -> Hooks:
         hooks.append(SealSaves())
     if recipe.monitor is not None:
         hooks.append(StabilityMonitor(recipe.monitor))
+    if any(st.guard for st in recipe.stages):
+        hooks.append(ForgettingGuard())
     return Hooks(hooks)
 
 
@@ -189,6 +194,10 @@ def check_world(recipe: Recipe, d: Dist) -> None:
     """What several ranks need of the recipe, checked before any work."""
     if d.world == 1:
         return
+    guarded = [st.name for st in recipe.stages if st.guard is not None]
+    if guarded:
+        raise CptError(f"stage {guarded[0]}: guard: a rollback runs in one process for now, not under {d.world} "
+                       "ranks; run the guarded stage on one process, or drop its guard")
     for i, st in enumerate(recipe.stages):
         rank_accum(recipe.stage_samples(st), recipe.stage_micro(st), d.world, f"stages[{i}] ({st.name}): batch_tokens")
 

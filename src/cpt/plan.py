@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from .ladder import guard_words
 from .data.mixture import StageMixture
 from .data.packing import carry
 from .merging import merge_weights
@@ -235,6 +236,8 @@ def format_plan(recipe: Recipe, plans: list[StagePlan], sizes: dict[str, SourceS
             lines.append(f"    from strategy {st.strategy.name}" + (f" ({params})" if params else ""))
             if st.strategy.name == "anneal":  # the mix it computed, in words
                 lines.append("    anneal mix: " + ", ".join(f"{n} {w:.4g}" for n, w in st.mix.items()))
+        if st.guard is not None:
+            lines.append(f"    {guard_words(st.guard)}")
         if st.trainable != ["all"] or st.optimizer_state != "keep":
             rows = "; new rows start with fresh moments" if any(g.startswith("new_") for g in st.trainable) else ""
             lines.append(f"    trainable {', '.join(st.trainable)}; optimizer state {st.optimizer_state}{rows}")

@@ -20,6 +20,7 @@ from .config import MAX_SEQ_LEN, MAX_TOKENS, RecipeLoader, Strict, read_json_obj
 from .data.sources import check_source
 from .checkpoint.refs import check_point, parse_ref
 from .errors import RecipeError
+from .ladder import GuardCfg, check_guard, check_rungs, resolve_ladders, with_attempts
 from .train.guard_cfg import NonFiniteCfg
 from .train.monitor_cfg import MonitorCfg, check_monitor
 from .model.init_check import check_init_config
@@ -163,6 +164,8 @@ class StageCfg(Strict):
     # sources whose data is new in this stage (adaptation is measured on them); default: the
     # `buffer_add` source, else the mix's sources that no earlier stage trained on.
     new: list[str] | None = None
+    # old-data loss (or a task) watched; on failure, roll back and retry down the ladder (ladder.py)
+    guard: GuardCfg | None = None
     # train the decoder's linears through merged low-rank updates (model/relora.py); on an `eeve`
     # stage, its last two sub-stages (the ones that train the layers)
     relora: ReLoRACfg | None = None
@@ -200,6 +203,7 @@ class StageCfg(Strict):
 class EvalCfg(Strict):
     every_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS)
     passkey: PasskeyCfg | None = None  # passkey retrieval at the base and each stage's start and end
+    tasks: Literal["edges", "every"] = "edges"  # `evals:` at stage edges only, or at every_tokens too
 
 
 class CheckpointCfg(Strict):
@@ -289,8 +293,10 @@ class Recipe(Strict):
 # loading and cross-field checks
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Parse and validate a recipe file; raise `RecipeError` naming every problem found."""
+def load_recipe(path: str | Path, attempts: dict[str, int] | None = None) -> Recipe:
+    """Parse and validate a recipe file; raise `RecipeError` naming every problem found. With
+    `attempts` (stage name -> k), guarded stages run their ladder's k-th strategy (ladder.py);
+    without, every rung of every ladder is checked too, before any work."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(path, ["file not found: pass the path of a recipe YAML file"])
@@ -308,6 +314,13 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(path, ["malformed YAML: nested too deeply; a recipe is a few levels deep"]) from None
     if not isinstance(data, dict):
         raise RecipeError(path, ["the recipe must be a YAML mapping of keys (seed, model, sources, stages, ...)"])
+    recipe = _validated(path, with_attempts(data, attempts) if attempts else data)
+    if attempts is None:
+        check_rungs(data, lambda d: _validated(path, d))
+    return resolve_ladders(recipe, data, attempts or {})
+
+
+def _validated(path: Path, data: dict) -> Recipe:
     try:
         recipe = Recipe.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as e:
@@ -448,6 +461,7 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
         if st.tokens < batch:
             p(f"{where}.tokens: {st.tokens} is less than one optimizer step (batch_tokens = {batch})")
         preset = st.strategy is not None and not expanded
+        problems += [] if expanded else check_guard(st.guard, f"{where}.guard", r.sources, r.evals, st.new)
         if preset:
             problems += presets.check_stage(r, st, where, buffer_filled)
         if not preset or isinstance(st.strategy, presets.Eeve):  # eeve trains on the stage's own mix

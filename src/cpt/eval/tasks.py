@@ -31,6 +31,13 @@ from .mode import evaluating
 from .scoring import encode, encode_pair, prefix, score
 
 SCORE = {"cloze": "acc", "choice": "acc", "generate": "exact_match", "perplexity": "bits_per_byte"}
+
+
+def main_score(scores: dict[str, float]) -> float:
+    """A task's main score from its record (the record does not name its kind)."""
+    return next(scores[k] for k in ("acc", "exact_match", "bits_per_byte") if k in scores)
+
+
 FIELDS = {"cloze": ("context", "continuation"), "choice": ("question", "choices", "answer"),
           "generate": ("question", "answer")}
 

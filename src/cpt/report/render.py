@@ -28,8 +28,9 @@ from cpt.report.tables import (
 )
 
 from cpt.report.positions import PLOT as POSITION_PLOT, passkey_section, plot_positions, position_section
+from cpt.report.attempts import PLOT as ATTEMPTS_PLOT, attempts_section, plot_attempts
 from cpt.report.stability import PLOT as STABILITY_PLOT, plot_stability, stability_section
-from cpt.report.tasks import tasks_section
+from cpt.report.tasks import PLOT as TASKS_PLOT, plot_tasks, tasks_section
 
 PLOTS_DIR = "plots"
 PLOT_FILES = {"val_loss": "val_loss.png", "lr": "lr.png", "train_loss": "train_loss.png"}
@@ -449,8 +450,9 @@ def build_markdown(summary: Mapping[str, Any], run_dir: Path, title: str,
         val_loss_section(summary),
         position_section(summary, PLOTS_DIR),
         passkey_section(summary),
-        tasks_section(summary),
+        tasks_section(summary, PLOTS_DIR),
         stability_section(summary, PLOTS_DIR),
+        attempts_section(summary, PLOTS_DIR),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
 
@@ -469,6 +471,8 @@ def write_report(run_dir: Path, title: str | None = None) -> Path:
     plot_train_loss(summary, records, plots / PLOT_FILES["train_loss"])
     plot_positions(summary, plots / POSITION_PLOT, _pyplot, _save)
     plot_stability(summary, records, plots / STABILITY_PLOT, _pyplot, _save)
+    plot_tasks(summary, records, plots / TASKS_PLOT, _pyplot, _save)
+    plot_attempts(summary, run_dir, records, plots / ATTEMPTS_PLOT, _pyplot, _save)
     report = run_dir / "report.md"
     atomic_write_text(report, build_markdown(summary, run_dir, title or f"CPT run report: {run_dir.name}", records))
     return report

@@ -75,9 +75,14 @@ def plot_stability(summary: Mapping[str, Any], records: Sequence[Mapping[str, An
         for src in st["stability"]:
             ax.plot([t for t, _ in curve], [losses[src] - st["val_loss_start"][src] for _, losses in curve],
                     marker="o", markersize=2.5, label=src)
-        ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_title(f"stage {st['name']}")
-        ax.set_xlabel("stage tokens")
-        ax.set_ylabel("Δ validation loss vs stage start")
-        ax.legend(fontsize=7)
+        stage_panel(ax, st["name"], "Δ validation loss vs stage start")
     save(fig, path)
+
+
+def stage_panel(ax, stage: str, ylabel: str) -> None:
+    """A panel of changes against a stage's start, over the stage's tokens."""
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_title(f"stage {stage}")
+    ax.set_xlabel("stage tokens")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)

@@ -6,6 +6,7 @@ uninterrupted one produce the same summary (timings are deliberately left out)."
 from __future__ import annotations
 
 from ..recipe import BUFFER, Recipe
+from ..eval.tasks import main_score
 from ..schedules import step_lr
 from .stability import stability
 
@@ -41,8 +42,6 @@ def _relora(st, records: list[dict]) -> dict:
             "merge_steps": [r["step"] for r in merges], "pruned_share": [r["pruned"] for r in merges]}
 
 
-MAIN_SCORES = ("acc", "exact_match", "bits_per_byte")  # eval/tasks.py's SCORE, by what a record holds
-
 
 def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
     evals = [r for r in records if r.get("kind") == "eval"]
@@ -72,7 +71,7 @@ def build_summary(recipe: Recipe, records: list[dict], segments) -> dict:
     tasks = {(r["stage"], r["tag"]): r["scores"] for r in records if r.get("kind") == "tasks"}
     if tasks:  # evals: each task's main score (accuracy, exact match, or bits per byte) at the base and each stage's edges
         def main(scores):
-            return None if scores is None else {n: next(s[k] for k in MAIN_SCORES if k in s) for n, s in scores.items()}
+            return None if scores is None else {n: main_score(s) for n, s in scores.items()}
         out["base_evals"] = main(next((s for (_, tag), s in tasks.items() if tag == "base"), None))
         for st in stages:
             st["evals_start"], st["evals_end"] = main(tasks.get((st["name"], "start"))), main(tasks.get((st["name"], "end")))

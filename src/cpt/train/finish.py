@@ -9,6 +9,7 @@ from ..distributed.fsdp import full_state
 from ..fileio import replace_dir, write_json_atomic
 from ..recipe import VOCAB_EXTENSION
 from ..report import write_report
+from ..report.attempts import attempts_summary
 from ..report.summary import build_summary
 
 
@@ -16,7 +17,10 @@ def finish(run) -> None:
     """The model first: summary.json and report.md, written last, mean the run is complete."""
     export_model(run)
     if run.dist.is_main:
-        write_json_atomic(run.out / "summary.json", build_summary(run.recipe, run.metrics.records(), run.segments))
+        summary = build_summary(run.recipe, run.metrics.records(), run.segments)
+        if (attempts := attempts_summary(run.out)) is not None:  # guarded stages that rolled back
+            summary["attempts"] = attempts
+        write_json_atomic(run.out / "summary.json", summary)
         write_report(run.out)
     run.metrics.close()  # the sinks' last events flushed
     run.dist.barrier()

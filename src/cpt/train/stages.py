@@ -80,9 +80,11 @@ def run_eval(run, stage: Stage, tag: str) -> dict[str, float]:
     if run.long_validation is None or tag != "periodic":
         record |= {"position_loss": positions, "position_edges": position_edges(r.max_seq_len)}
     run.metrics.write(record)
-    if run.tasks and tag != "periodic":
+    run.last_eval = {"val_loss": losses, "tasks": {}}  # what hooks check at a stage's end (train/forgetting.py)
+    if run.tasks and (tag != "periodic" or r.eval.tasks == "every"):
         scores = {name: run_task(run.model, run.tokenizer, cfg, items, r.max_seq_len, r.micro_batch, run.device,
                                  run.autocast, run.dist) for name, (cfg, items) in run.tasks.items()}
+        run.last_eval["tasks"] = scores
         run.metrics.write({"kind": "tasks", "stage": stage.name, "tag": tag, "step": run.state.global_step,
                            "tokens": run.state.tokens, "scores": scores})
     passkey = run.recipe.eval.passkey

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .data import mixlists, tokenize_cli
 from . import passkey_cli, plan_cli, schedule_cli, upscale_cli
+from .sweep import cli as sweep_cli
 from .vocab import cli as vocab_cli
 from .errors import CptError, describe_decode_error, describe_os_error
 
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     vocab_cli.add_parser(sub)
     upscale_cli.add_parser(sub)
     passkey_cli.add_parser(sub)
+    sweep_cli.add_parsers(sub)
     return p
 
 
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.out)
         else:
             return {"plan": plan_cli, "schedule": schedule_cli, "tokenize": tokenize_cli, "mix": mixlists,
-                    "vocab": vocab_cli, "upscale": upscale_cli, "passkey": passkey_cli}[args.command].run(args)
+                    "vocab": vocab_cli, "upscale": upscale_cli, "passkey": passkey_cli, "sweep": sweep_cli,
+                    "compare": sweep_cli}[args.command].run(args)
     except CptError as e:
         print("cpt: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, always
         return 2

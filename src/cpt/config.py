@@ -84,3 +84,25 @@ def _check_expansion(root: yaml.Node) -> None:
             open_nodes.add(id(node))
             stack.append((node, True))
             stack.extend((c, False) for c in children if id(c) not in size)
+
+
+def describe_error(err: dict, tags: dict) -> str:
+    """One pydantic error as `field.path: message`, with list indices as `stages[1]`. `tags`:
+    field name -> its union's discriminator values, which add nothing to the path for the user."""
+    loc = ""
+    for part in err["loc"]:
+        if isinstance(part, int):
+            loc += f"[{part}]"
+        elif any(part in names and loc.endswith(field) for field, names in tags.items()):
+            continue
+        else:
+            loc += f".{part}" if loc else str(part)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check its spelling against the recipe reference in README.md)"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    elif isinstance(err.get("input"), (int, float, str)):  # say what was given: `.inf`, a typo's 1e30
+        given = repr(err["input"])
+        msg += f" (got {given if len(given) <= 60 else given[:57] + '...'})"
+    return f"{loc}: {msg}"

@@ -16,7 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, ValidationInfo, AfterValidator, model_validator
 
 from . import merging, presets
-from .config import MAX_SEQ_LEN, MAX_TOKENS, RecipeLoader, Strict, read_json_object
+from .config import MAX_SEQ_LEN, MAX_TOKENS, RecipeLoader, Strict, describe_error, read_json_object
 from .data.sources import check_source
 from .checkpoint.refs import check_point, parse_ref
 from .errors import RecipeError
@@ -215,6 +215,7 @@ class CheckpointCfg(Strict):
 
 
 class Recipe(Strict):
+    base_dir: str | None = None  # what relative paths are relative to (default: the recipe file's folder)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelCfg
     tokenizer: RelPath | None = None
@@ -321,13 +322,16 @@ def load_recipe(path: str | Path, attempts: dict[str, int] | None = None) -> Rec
 
 
 def _validated(path: Path, data: dict) -> Recipe:
+    home = path.resolve().parent  # what paths are relative to: the recipe's folder, or its `base_dir`
+    if isinstance(data.get("base_dir"), str):
+        home = home / Path(data["base_dir"]).expanduser()
     try:
-        recipe = Recipe.model_validate(data, context={"base_dir": path.resolve().parent})
+        recipe = Recipe.model_validate(data, context={"base_dir": home})
     except ValidationError as e:
         raise RecipeError(path, [_describe(err) for err in e.errors()]) from None
-    recipe = _resolve_seq_lens(_resolve_init_paths(recipe, path.resolve().parent))
-    recipe = recipe.model_copy(update={"evals": {n: t.model_copy(update={"path": path.resolve().parent / t.path})
-                                                 for n, t in recipe.evals.items()}})  # relative to the recipe
+    recipe = _resolve_seq_lens(_resolve_init_paths(recipe, home))
+    recipe = recipe.model_copy(update={"evals": {n: t.model_copy(update={"path": home / t.path})
+                                                 for n, t in recipe.evals.items()}})
     problems = check_recipe(recipe)
     if not problems:  # presets expand into plain stages; then the LRs they imply are checked
         recipe, problems = presets.expand(recipe)
@@ -357,24 +361,7 @@ def _resolve_seq_lens(r: Recipe) -> Recipe:
 
 
 def _describe(err: dict) -> str:
-    """One pydantic error as `field.path: message`, with list indices as `stages[1]`."""
-    loc = ""
-    for part in err["loc"]:
-        if isinstance(part, int):
-            loc += f"[{part}]"
-        elif (part in KINDS and loc.endswith("schedule")) or (part in presets.NAMES and loc.endswith("strategy")):
-            continue  # the discriminator tag adds nothing for the user
-        else:
-            loc += f".{part}" if loc else str(part)
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key (check its spelling against the recipe reference in README.md)"
-    elif err["type"] == "missing":
-        msg = "required key is missing"
-    elif isinstance(err.get("input"), (int, float, str)):  # say what was given: `.inf`, a typo's 1e30
-        given = repr(err["input"])
-        msg += f" (got {given if len(given) <= 60 else given[:57] + '...'})"
-    return f"{loc}: {msg}"
+    return describe_error(err, {"schedule": KINDS, "strategy": presets.NAMES})
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

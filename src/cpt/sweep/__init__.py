@@ -1,0 +1,1 @@
+"""Sweeps over recipe keys (`cpt sweep`) and comparisons of finished runs (`cpt compare`)."""

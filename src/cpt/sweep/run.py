@@ -1,0 +1,147 @@
+"""`cpt sweep`: one normal run per grid point, then a comparison.
+
+The sweep folder holds `sweep.json` (the recipe and the grid), `recipes/<point>.yaml` (the recipe
+with the point's values; its relative paths still mean what they meant beside the original, via
+`base_dir`), `runs/<point>/` (each a normal, resumable run folder), `logs/` (with --parallel) and
+`comparison.md` / `comparison.json` / `plots/pareto.png`.
+
+Every point's recipe is validated before any run starts; a bad value is the recipe's own one-line
+error, naming the point. Running the same sweep again skips finished runs (`summary.json`) and
+resumes the others, so a killed sweep finishes only what is missing. Runs go one after another,
+or `--parallel N` at a time, each in its own process (with CUDA, on its own GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from ..config import RecipeLoader
+from ..errors import CptError, RecipeError
+from ..fileio import write_json_atomic, write_text_atomic
+from ..recipe import load_recipe
+from .compare import run_row, write_comparison
+from .grid import closest_error, parse_grid, point_name, points, set_key
+
+SWEEP = "sweep.json"
+
+
+def prepare(recipe_path: Path, items: list[str], out: Path) -> list[tuple[str, dict, str]]:
+    """(name, point, recipe text) of every point, each validated; nothing written."""
+    recipe_path = Path(recipe_path)
+    load_recipe(recipe_path)  # the recipe itself first: its errors are its own
+    data = yaml.load(recipe_path.read_text(encoding="utf-8"), Loader=RecipeLoader)
+    home = recipe_path.resolve().parent / str(data.get("base_dir") or ".")
+    grid, prepared = parse_grid(items), []
+    for point in points(grid):
+        point_data, name = data, point_name(point)
+        new_keys = []
+        for key, value in point.items():
+            point_data, had = set_key(point_data, key, value)
+            new_keys += [] if had else [key]
+        point_data["base_dir"] = str(home.resolve())
+        point_data.setdefault("data_dir", str((Path(out) / "shards").resolve()))  # one shard cache for all runs
+        text = yaml.safe_dump(point_data, sort_keys=False, allow_unicode=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.yaml"
+            path.write_text(text, encoding="utf-8")
+            try:
+                load_recipe(path)
+            except RecipeError as e:
+                unknown = [q for q in e.problems if "unknown key" in q]
+                if new_keys and unknown:
+                    raise closest_error(data, new_keys[0]) from None
+                raise CptError(f"sweep point {name}: " + "; ".join(e.problems)) from None
+        prepared.append((name, point, text))
+    names = [n for n, _, _ in prepared]
+    if len(set(names)) != len(names):
+        raise CptError("--grid: two points get the same folder name; give values that differ as text")
+    return prepared
+
+
+def claim(out: Path, recipe_path: Path, items: list[str]) -> None:
+    """A sweep folder is new, empty, or this same sweep (to finish it)."""
+    out = Path(out)
+    mine = {"recipe": str(Path(recipe_path).resolve()), "grid": items}
+    if (out / SWEEP).is_file():
+        import json
+
+        try:
+            theirs = json.loads((out / SWEEP).read_text(encoding="utf-8"))
+        except ValueError:
+            theirs = None
+        if theirs != mine:
+            raise CptError(f"--out {out}: holds another sweep ({out / SWEEP}); run that sweep's command to finish it, "
+                           "or choose a new --out")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CptError(f"--out {out}: not empty and not a sweep; choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / SWEEP, mine)
+
+
+def sweep(recipe_path: Path, items: list[str], out: Path, parallel: int = 1) -> Path:
+    out = Path(out)
+    prepared = prepare(recipe_path, items, out)  # every error before anything is written
+    claim(out, recipe_path, items)
+    for name, _, text in prepared:
+        path = out / "recipes" / f"{name}.yaml"
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            write_text_atomic(path, text)
+    todo = [name for name, _, _ in prepared if not (out / "runs" / name / "summary.json").is_file()]
+    done = len(prepared) - len(todo)
+    print(f"sweep: {len(prepared)} runs, {done} finished already, {len(todo)} to run", flush=True)
+    failed = _run_all(out, todo, parallel)
+    finished = [(n, p) for n, p, _ in prepared if (out / "runs" / n / "summary.json").is_file()]
+    report = write_comparison([run_row(out / "runs" / n, n) for n, _ in finished], out,
+                              f"Sweep over {', '.join(k for k, _ in parse_grid(items))}", dict(finished))
+    if failed:
+        raise CptError(f"sweep: {len(failed)} run(s) failed: {', '.join(failed)} (logs in {out / 'logs'}); "
+                       f"the comparison in {report} has the others; run the same command to retry")
+    print(f"sweep: comparison at {report}", flush=True)
+    return report
+
+
+def _run_all(out: Path, names: list[str], parallel: int) -> list[str]:
+    if parallel == 1:  # in this process, one after another
+        from ..runner import run_recipe
+
+        for name in names:
+            run_dir = out / "runs" / name
+            print(f"sweep: run {name}", flush=True)
+            run_recipe(out / "recipes" / f"{name}.yaml", run_dir, resume=run_dir.exists())
+        return []
+    (out / "logs").mkdir(exist_ok=True)
+    slots = queue.Queue()  # a run takes a free slot (with CUDA: its GPU) and gives it back
+    for slot in range(parallel):
+        slots.put(slot)
+    gpus = _gpus() >= parallel
+
+    def one(name: str) -> str | None:
+        slot, run_dir, env = slots.get(), out / "runs" / name, dict(os.environ)
+        try:
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            cmd = [sys.executable, "-m", "cpt", "run", str(out / "recipes" / f"{name}.yaml"), "--out", str(run_dir)]
+            with open(out / "logs" / f"{name}.log", "a", encoding="utf-8") as log:
+                code = subprocess.run(cmd + (["--resume"] if run_dir.exists() else []), env=env, stdout=log,
+                                      stderr=subprocess.STDOUT).returncode
+        finally:
+            slots.put(slot)
+        print(f"sweep: run {name} {'done' if code == 0 else f'failed (exit {code})'}", flush=True)
+        return name if code else None
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return [n for n in pool.map(one, names) if n]
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -4,6 +4,7 @@ succeeds with replay; both attempts are kept and reported; a kill inside the sec
 resumes that attempt; the default ladder follows the stage's position; bad guards are one line."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,16 +51,28 @@ def test_a_failed_guard_rolls_back_and_replay_is_kept(shared, tmp_path, monkeypa
     assert all(c["loss"] - c["start"] <= 0.3 for c in records(out / "metrics.jsonl", "guard"))
     assert "## Guarded stages: attempts" in (out / "report.md").read_text()
 
-    # killed in the second attempt (after its save at 1,024 tokens): the resume continues it
-    calls = naive["stage_tokens"] // 256 + 6
-    killed_at_step(monkeypatch, calls, lambda: run_recipe(path, tmp_path / "killed"))
-    assert json.loads((tmp_path / "killed" / "attempts.json").read_text())["shift"]["attempt"] == 1
-    run_recipe(path, tmp_path / "killed", resume=True)
+    # killed in the middle of the rollback (its record written, nothing moved yet), resumed; then
+    # killed in the second attempt (after its save at 1,024 tokens), resumed: the run ends as the whole one
+    import cpt.train.attempts as attempts
+
+    def dies(*args):
+        raise KeyboardInterrupt
+
     again = tmp_path / "killed"
+    monkeypatch.setattr(attempts, "finish_pending", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(path, again)
+    monkeypatch.undo()
+    record = json.loads((again / "attempts.json").read_text())["stages"]["shift"]
+    assert record["attempt"] == 0 and record["pending"]["move"] == saved
+    killed_at_step(monkeypatch, 6, lambda: run_recipe(path, again, resume=True))
+    assert json.loads((again / "attempts.json").read_text())["stages"]["shift"]["attempt"] == 1
+    run_recipe(path, again, resume=True)
     assert json.loads((again / "summary.json").read_text())["attempts"] == summary["attempts"]
-    for kind in ("train", "guard"):
-        assert [(r.get("loss"), r.get("batch_crc32")) for r in records(again / "metrics.jsonl", kind)] == \
-            [(r.get("loss"), r.get("batch_crc32")) for r in records(out / "metrics.jsonl", kind)]
+    for kind in ("train", "guard"):  # the failed attempt's records and the kept one's, as in the whole run
+        for log in (Path(naive["folder"]) / "metrics.jsonl", Path("metrics.jsonl")):
+            assert [(r.get("loss"), r.get("batch_crc32")) for r in records(again / log, kind)] == \
+                [(r.get("loss"), r.get("batch_crc32")) for r in records(out / log, kind)]
 
 
 def test_the_default_ladder_follows_the_stage_position():
@@ -106,3 +119,25 @@ def test_a_bad_guard_is_one_line(shared, tmp_path, capsys, guard, extra, expecte
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_ladder_used_up_stops_in_one_line_also_on_resume(shared, tmp_path, capsys):
+    from cpt.cli import main
+
+    path = recipe(tmp_path, shared, guard="{source: stories, max_rise: 0.01, ladder: []}")
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "guard: stage shift failed with every strategy of its ladder (naive)" in err
+    assert (out / "attempts" / "shift-0" / "metrics.jsonl").is_file()
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "stage shift: every strategy of its guard's ladder failed (naive)" in err and len(err.splitlines()) == 1
+
+
+def test_expanded_stages_belong_to_the_stage_as_written():
+    from cpt.ladder import group
+
+    written = ["x", "x.v2", "y"]
+    assert group("x.base", ["x"], written) == "x" and group("x", ["x"], written) == "x"
+    assert group("x.v2", ["x"], written) is None and group("y.eeve1", ["x"], written) is None

@@ -71,6 +71,7 @@ def test_a_sweep_compares_its_runs_and_a_killed_one_finishes_only_what_is_missin
     ("stages.shift.strategy.alpha0=0.5,2", "sweep point alpha0=2: stages[0].strategy.alpha0: Input should be less "
                                            "than or equal to 1"),
     ("alpha0", "--grid alpha0: write KEY=V1,V2,..."),
+    ("stages.shift=1", "--grid stages.shift: give a key of the stage after its name, e.g. stages.shift.tokens"),
 ])
 def test_a_bad_grid_is_one_line_and_writes_nothing(shared, tmp_path, capsys, grid, expected):
     from cpt.cli import main

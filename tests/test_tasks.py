@@ -210,3 +210,25 @@ def test_generate_options_belong_to_generate(tmp_path):
 
     with pytest.raises(ValidationError, match="`shots` and `max_new_tokens` are for kind: generate, not cloze"):
         TaskCfg(kind="cloze", path=tmp_path, shots=3)
+
+
+@pytest.mark.parametrize("line,expected", [
+    ('{"question": "q", "answer": "a\\n#### 4"}', None),
+    ('{"question": 3, "answer": "a\\n#### 4"}', "g.jsonl:1: `question` must be a non-empty string"),
+    ('{"question": "q", "answer": "no number"}', "g.jsonl:1: `answer` does not end in `#### <number>`"),
+])
+def test_generate_items_and_window_are_checked(tmp_path, line, expected):
+    from cpt.errors import CptError
+    from cpt.eval.tasks import TaskCfg, load_items
+
+    path = tmp_path / "g.jsonl"
+    path.write_text(line + "\n" + line + "\n")
+    cfg = TaskCfg(kind="generate", path=path, shots=1, max_new_tokens=40)
+    if expected is None:
+        assert len(load_items("g", cfg, 256)) == 2
+        with pytest.raises(CptError, match="evals.g.max_new_tokens: 40 leaves the prompt too little of the 64-token "
+                                           "window .* use at most 32"):
+            load_items("g", cfg, 64)
+    else:
+        with pytest.raises(CptError, match=expected):
+            load_items("g", cfg, 256)

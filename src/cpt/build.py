@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,19 @@ class Run:
         part = rank_slice(tokens, micro_batch, self.dist.rank, self.dist.world)
         return part.to(self.device, non_blocking=True)
 
+    def close(self) -> None:
+        """Let go of the run before another is built in this process (a rollback's retry): the
+        loggers flushed, the folder's lock, the save thread, and the model and moments' memory."""
+        self.checkpoints.wait()
+        self.checkpoints.shutdown()
+        self.metrics.close()
+        if self.folder is not None:
+            self.folder.unlock()
+        self.model = self.optimizer = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
 
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
@@ -115,7 +129,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     check_merges(recipe, model, fingerprint)  # all before --out is touched: a refused run leaves it as it was
     check_upscales(recipe, model, d.world)
     documents = check_documents(recipe, model, tokenizer)
-    tasks = {name: (cfg, load_items(name, cfg)) for name, cfg in recipe.evals.items()}  # bad files: one line, now
+    tasks = {name: (cfg, load_items(name, cfg, recipe.max_seq_len)) for name, cfg in recipe.evals.items()}  # bad files: one line, now
     check_harness(recipe, d.world)
     # refused here if not installed; one W&B run per run folder
     sinks = make_sinks(recipe.loggers, out, hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]) \

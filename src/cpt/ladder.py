@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import Field, TypeAdapter, model_validator
 
 from .config import MAX_TOKENS, Strict
-from .errors import RecipeError, unknown_name
+from .errors import CptError, RecipeError, unknown_name
 from .presets import NAMES, Strategy
 
 
@@ -36,6 +36,9 @@ class GuardCfg(Strict):
     min_score: float | None = None  # ... must be at least this
     ladder: list[str | dict] | None = None  # strategies to fall back on (default: the cookbook's)
     keep: Literal["first-last", "all"] = "first-last"  # a failed attempt's checkpoints
+    # set when the recipe loads (resolve_ladders), not by the user: the stage as written, its tokens
+    stage: str | None = None
+    stage_tokens: int | None = None
 
     @model_validator(mode="after")
     def _something_to_check(self):
@@ -48,6 +51,7 @@ class GuardCfg(Strict):
         return self
 
 
+ATTEMPTS_FILE = "attempts.json"  # in the run folder (train/attempts.py)
 FIRST = ["naive", {"name": "replay", "alpha0": 0.05}, {"name": "replay", "alpha0": 0.25}]
 WITH_BUFFER = [{"name": "replay", "alpha0": 0.05}, {"name": "replay", "alpha0": 0.3},
                {"name": "buffer-mix", "mix": "A"}, {"name": "buffer-mix", "mix": "B"}, {"name": "buffer-mix", "mix": "C"}]
@@ -60,6 +64,16 @@ def _same(a, b) -> bool:
         return _STRATEGY.validate_python(a) == _STRATEGY.validate_python(b)
     except ValueError:
         return False
+
+
+def _weaker(rung, own) -> bool:
+    """A rung that replays no more of D0 than the stage's own replay (never a step back)."""
+    try:
+        mine, r = _STRATEGY.validate_python(own), _STRATEGY.validate_python(rung)
+    except ValueError:
+        return False
+    level = {"naive": 0.0, "replay": getattr(r, "alpha0", 0.0)}
+    return mine.name == "replay" and r.name in level and level[r.name] <= mine.alpha0
 
 
 def describe(entry) -> str:
@@ -87,13 +101,22 @@ def ladders(data: dict) -> dict[str, list]:
         buffered = any(isinstance(s, dict) and s.get("buffer_add") for s in stages[:i])
         rungs = COOLDOWN if name == "cooldown-mix" else WITH_BUFFER if buffered else FIRST
         at = next((k for k, r in enumerate(rungs) if own is not None and _same(r, own)), -1)
-        out[str(st.get("name"))] = [own, *rungs[at + 1:]]
+        rungs = rungs[at + 1:] if at >= 0 else [r for r in rungs if not _weaker(r, own)]
+        out[str(st.get("name"))] = [own, *rungs]
     return out
 
 
 def with_attempts(data: dict, attempts: dict[str, int]) -> dict:
     """The raw recipe with each named stage running its attempt's strategy."""
     data, table = copy.deepcopy(data), ladders(data)
+    for name, k in attempts.items():
+        if name not in table:
+            raise CptError(f"{ATTEMPTS_FILE} names stage `{name}`, which has no guard in the recipe; resume with "
+                           "the recipe the run started with")
+        if not 0 <= k < len(table[name]):
+            raise CptError(f"stage {name}: every strategy of its guard's ladder failed "
+                           f"({', '.join(describe(r) for r in table[name])}); each attempt is in attempts/ "
+                           "beside attempts.json; change the stage or its guard and start a new --out")
     for st in data.get("stages") or []:
         k = attempts.get(str(st.get("name")), 0) if isinstance(st, dict) else 0
         if k:
@@ -107,6 +130,8 @@ def check_guard(guard: GuardCfg | None, where: str, sources, evals, new) -> list
     if guard is None:
         return []
     problems = []
+    if guard.stage is not None or guard.stage_tokens is not None:
+        problems.append(f"{where}: `stage` and `stage_tokens` are set by cpt; remove them")
     if guard.source is not None and guard.source not in sources:
         problems.append(f"{where}.source: {unknown_name('source', guard.source, sources)}")
     if guard.task is not None and guard.task not in evals:
@@ -134,19 +159,34 @@ def check_rungs(data: dict, validated) -> None:
                                            for q in e.problems]) from None
 
 
-def group(name: str, guarded) -> str | None:
-    """The stage as written that an expanded stage (`shift.base`) came from."""
-    return max((n for n in guarded if name == n or name.startswith(n + ".")), key=len, default=None)
+def written_names(data: dict) -> list[str]:
+    return [str(st.get("name")) for st in data.get("stages") or [] if isinstance(st, dict)]
+
+
+def group(name: str, guarded, written) -> str | None:
+    """The guarded stage as written that a stage of the expanded recipe is (`shift`) or came from
+    (`shift.base`, `shift.eeve1`); a stage the recipe itself names is its own."""
+    if name in guarded:
+        return name
+    if name in written:
+        return None
+    return max((n for n in guarded if name.startswith(n + ".")), key=len, default=None)
 
 
 def resolve_ladders(recipe, data: dict, attempts: dict[str, int]):
-    """The recipe with each guard's `ladder` spelled out: the rungs after the one running now, so
-    the plan can print it (the default one depends on the stage's position)."""
-    table, stages = ladders(data), []
-    for st in recipe.stages:
-        name = group(st.name, table) if st.guard is not None else None
-        stages.append(st if name is None else
-                      st.model_copy(update={"guard": st.guard.model_copy(update={"ladder": table[name][attempts.get(name, 0) + 1:]})}))
+    """The recipe with each guard spelled out: `ladder`, the rungs after the one running now (so
+    the plan can print it; the default depends on the stage's position); `stage` and
+    `stage_tokens`, the stage as written and all its tokens (a preset that expands into several
+    stages is guarded as one)."""
+    table, written = ladders(data), written_names(data)
+    of = [group(st.name, table, written) if st.guard is not None else None for st in recipe.stages]
+    tokens = {name: sum(st.tokens for st, g in zip(recipe.stages, of) if g == name) for name in table}
+    stages = []
+    for st, name in zip(recipe.stages, of):
+        if name is not None:
+            update = {"ladder": table[name][attempts.get(name, 0) + 1:], "stage": name, "stage_tokens": tokens[name]}
+            st = st.model_copy(update={"guard": st.guard.model_copy(update=update)})
+        stages.append(st)
     return recipe.model_copy(update={"stages": stages})
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from .build import build_run, recipe_fingerprint
+from .config import RecipeLoader
+from .errors import CptError
 from .plan import SourceSize, format_plan, plan_stages, plan_warnings
 from .recipe import load_recipe
 
 
 def run_recipe(recipe_path: Path, out: Path, resume: bool = False, peak_tflops: float | None = None) -> Path:
     """Run (or resume) a recipe into `out`; returns the report path."""
-    from .train.attempts import current, forget, read_attempts, rollback
+    from .train.attempts import current, finish_pending, forget, read_attempts, rollback
     from .train.finish import finish
     from .train.forgetting import GuardFailed
     from .train.loop import train
@@ -20,9 +24,15 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, peak_tflops: 
     recipe = load_recipe(recipe_path)  # every recipe error surfaces here, before any work (every rung too)
     fingerprint = recipe_fingerprint(recipe)  # the recipe as written, whichever attempt runs
     text = Path(recipe_path).read_text(encoding="utf-8")
+    data = yaml.load(text, Loader=RecipeLoader)
     while True:
-        attempts = current(read_attempts(out)) if resume else {}
+        attempts = {}
+        if resume:  # a rollback cut short is finished first; then each guarded stage's attempt
+            finish_pending(Path(out), data, fingerprint)
+            attempts = current(read_attempts(Path(out), fingerprint))
         if attempts:
+            if Path(recipe_path).read_text(encoding="utf-8") != text:
+                raise CptError(f"{recipe_path}: changed while the run was going; put it back, or start a new --out")
             recipe = load_recipe(recipe_path, attempts)
         run = build_run(recipe, text, Path(out), resume, recipe_path=Path(recipe_path), peak_tflops=peak_tflops,
                         fingerprint=fingerprint)
@@ -33,10 +43,9 @@ def run_recipe(recipe_path: Path, out: Path, resume: bool = False, peak_tflops: 
             train(run)
             break
         except GuardFailed as failed:
-            rollback(run, failed, Path(recipe_path))  # one process (build refuses a guard under torchrun)
-            run.metrics.close()
-            run.folder.unlock()
-            resume = True
+            rollback(run, failed, data)  # one process (build refuses a guard under torchrun)
+            run.close()  # the retry builds everything again: the old model, moments and threads go first
+            run, resume = None, True
     finish(run)
     report = Path(out) / "report.md"
     if run.dist.is_main:

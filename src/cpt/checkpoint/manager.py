@@ -150,6 +150,12 @@ class CheckpointManager:
         fsync_dir(tmp / "state")
         write_manifest(tmp)  # last: its presence says every file before it is complete
 
+    def shutdown(self) -> None:
+        """Stop the thread that seals asynchronous saves (after `wait`)."""
+        if self._sealer is not None:
+            self._sealer.shutdown(wait=True)
+            self._sealer = None
+
     def clear_unsealed(self) -> None:
         """Remove the `.tmp-` folders of writes that never finished (a run killed mid-save)."""
         for tmp in self.root.glob(".tmp-*") if self.root.is_dir() else []:

@@ -48,7 +48,7 @@ def prompt_ids(tokenizer, shots: list[dict], item: dict, room: int) -> list[int]
         ids = prefix(tokenizer) + encode(tokenizer, text)
         if len(ids) <= room:
             return ids
-    return ids[-room:]
+    return ids[-max(room, 1):]
 
 
 def exact_match(model, tokenizer, shots: list[dict], items: list[dict], window: int, max_new: int,

@@ -81,7 +81,7 @@ def greedy(model, ids: torch.Tensor, n: int, done=None, dist=None) -> list[int]:
     `done(tokens)` ends the decoding early; with several ranks only when it holds on all of them
     (under FSDP2 every rank runs the same forwards). Without `done`: always n tokens."""
     name = _cache_name(model)
-    out, past, step = [], None, ids
+    out, past, step, mine = [], None, ids, None  # mine: where this rank's own decoding ended
     for _ in range(n):
         result = model(input_ids=step, use_cache=True, **({name: past} if past is not None else {}))
         nxt = int(result.logits[0, -1].argmax())
@@ -89,6 +89,8 @@ def greedy(model, ids: torch.Tensor, n: int, done=None, dist=None) -> list[int]:
         ids = torch.cat([ids, ids.new_tensor([[nxt]])], dim=1)
         past = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
         step = ids[:, -1:] if past is not None else ids
-        if done is not None and (dist.all(done(out)) if dist is not None else done(out)):
-            break
-    return out
+        if done is not None:
+            mine = mine if mine is not None or not done(out) else len(out)
+            if dist.all(mine is not None) if dist is not None else mine is not None:
+                break
+    return out[:mine]  # what the others decode meanwhile is not this prompt's answer

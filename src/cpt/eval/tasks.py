@@ -57,8 +57,12 @@ class TaskCfg(Strict):
         return self
 
 
-def load_items(name: str, cfg: TaskCfg) -> list:
-    """The task's items, each checked: a missing field or an answer out of range names its line."""
+def load_items(name: str, cfg: TaskCfg, window: int | None = None) -> list:
+    """The task's items, each checked: a missing field or an answer out of range names its line.
+    `window`: the tokens a forward takes (a generation's prompt must have room in it)."""
+    if window is not None and cfg.kind == "generate" and cfg.max_new_tokens > window // 2:
+        raise CptError(f"evals.{name}.max_new_tokens: {cfg.max_new_tokens} leaves the prompt too little of the "
+                       f"{window}-token window (the longest seq_len); use at most {window // 2}")
     if not cfg.path.is_file():
         raise CptError(f"evals.{name}: {cfg.path}: file not found")
     if cfg.kind == "perplexity" and cfg.path.suffix.lower() != ".jsonl":
@@ -69,6 +73,12 @@ def load_items(name: str, cfg: TaskCfg) -> list:
             missing = [f for f in need if f not in item]
             if missing:
                 raise CptError(f"{where}: no `{missing[0]}` field (a {cfg.kind} item has {', '.join(need)})")
+            bad = [f for f in need if f not in ("answer", "choices") and not (isinstance(item[f], str) and item[f])]
+            if bad or (cfg.kind == "generate" and not isinstance(item["answer"], str)):
+                raise CptError(f"{where}: `{(bad or ['answer'])[0]}` must be a non-empty string")
+            if cfg.kind == "choice" and isinstance(item["choices"], list) and \
+                    not all(isinstance(c, str) and c for c in item["choices"]):
+                raise CptError(f"{where}: `choices` must be a list of non-empty strings")
             if cfg.kind == "choice":
                 a, choices = item["answer"], item["choices"]
                 if not isinstance(choices, list) or len(choices) < 2:

@@ -36,8 +36,7 @@ def attempts_summary(out: Path) -> dict[str, list[dict]] | None:
 
 
 def _readings(records: Sequence[Mapping[str, Any]], stage: str) -> list[tuple[int, float, float]]:
-    return [(r["stage_tokens"], r["loss"], r["start"]) for r in records
-            if r.get("kind") == "guard" and (r["stage"] == stage or r["stage"].startswith(stage + "."))]
+    return [(r["stage_tokens"], r["loss"], r["start"]) for r in records if r.get("kind") == "guard" and r["of"] == stage]
 
 
 def _records(path: Path) -> list[dict]:

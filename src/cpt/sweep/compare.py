@@ -29,19 +29,21 @@ def run_row(run_dir: Path, name: str | None = None) -> dict:
         summary = json.loads(path.read_text(encoding="utf-8"))
         stages, base = summary["stages"], summary["base_val_loss"]
         final = stages[-1]["val_loss_end"]
-    except (ValueError, KeyError, IndexError, TypeError) as e:
-        raise CptError(f"{path}: not a cpt summary ({e}); rerun the run's report, or leave it out") from None
-    new = list(dict.fromkeys(s for st in stages for s in st.get("new_sources", [])))
-    old = [s for s in dict.fromkeys(s for st in stages for s in st.get("earlier_sources", [])) if s not in new]
+        new = list(dict.fromkeys(s for st in stages for s in st.get("new_sources", [])))
+        old = [s for s in dict.fromkeys(s for st in stages for s in st.get("earlier_sources", [])) if s not in new]
+        forgetting = {s: final[s] - base[s] for s in old}
+        adaptation = {s: base[s] - final[s] for s in new}
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise CptError(f"{path}: not a cpt summary ({e!r}); leave the run out") from None
     speeds = []
     metrics = Path(run_dir) / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line) if line.strip() else {}
-            if record.get("kind") == "train" and record.get("tokens_per_s"):
-                speeds.append(record["tokens_per_s"])
-    forgetting = {s: final[s] - base[s] for s in old}
-    adaptation = {s: base[s] - final[s] for s in new}
+    for line in metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(record, dict) and record.get("kind") == "train" and record.get("tokens_per_s"):
+            speeds.append(record["tokens_per_s"])
     return {"run": name or Path(run_dir).name, "folder": str(run_dir), "forgetting": forgetting, "adaptation": adaptation,
             "mean_forgetting": statistics.fmean(forgetting.values()) if forgetting else None,
             "mean_adaptation": statistics.fmean(adaptation.values()) if adaptation else None,

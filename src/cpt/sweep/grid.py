@@ -81,6 +81,8 @@ def set_key(data: dict, key: str, value) -> tuple[dict, bool]:
             names = {str(s.get("name")): s for s in stages}
             # the longest stage name that leaves a key after it (names may hold dots)
             j = next((j for j in range(len(parts) - 1, i + 1, -1) if ".".join(parts[i + 1:j]) in names), None)
+            if j is None and ".".join(parts[i + 1:]) in names:
+                raise CptError(f"--grid {key}: give a key of the stage after its name, e.g. {key}.tokens")
             if j is None:
                 raise CptError(f"--grid {key}: {unknown_name('stage', parts[i + 1] if i + 1 < len(parts) else '', names)}")
             node, i = names[".".join(parts[i + 1:j])], j

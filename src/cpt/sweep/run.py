@@ -38,28 +38,36 @@ def prepare(recipe_path: Path, items: list[str], out: Path) -> list[tuple[str, d
     recipe_path = Path(recipe_path)
     load_recipe(recipe_path)  # the recipe itself first: its errors are its own
     data = yaml.load(recipe_path.read_text(encoding="utf-8"), Loader=RecipeLoader)
-    home = recipe_path.resolve().parent / str(data.get("base_dir") or ".")
-    grid, prepared = parse_grid(items), []
-    for point in points(grid):
-        point_data, name = data, point_name(point)
-        new_keys = []
-        for key, value in point.items():
-            point_data, had = set_key(point_data, key, value)
-            new_keys += [] if had else [key]
-        point_data["base_dir"] = str(home.resolve())
+    home = (recipe_path.resolve().parent / Path(str(data.get("base_dir") or ".")).expanduser()).resolve()
+    grid = parse_grid(items)
+
+    def validated(point_data: dict) -> str:
+        point_data = {**point_data, "base_dir": str(home)}
         point_data.setdefault("data_dir", str((Path(out) / "shards").resolve()))  # one shard cache for all runs
         text = yaml.safe_dump(point_data, sort_keys=False, allow_unicode=True)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.yaml"
+            path = Path(tmp) / "point.yaml"
             path.write_text(text, encoding="utf-8")
+            load_recipe(path)
+        return text
+
+    for key, values in grid:  # a key the recipe does not have, alone: the error names it, not a point
+        changed, had = set_key(data, key, values[0])
+        if not had:
             try:
-                load_recipe(path)
+                validated(changed)
             except RecipeError as e:
-                unknown = [q for q in e.problems if "unknown key" in q]
-                if new_keys and unknown:
-                    raise closest_error(data, new_keys[0]) from None
-                raise CptError(f"sweep point {name}: " + "; ".join(e.problems)) from None
-        prepared.append((name, point, text))
+                if any("unknown key" in q for q in e.problems):
+                    raise closest_error(data, key) from None
+    prepared = []
+    for point in points(grid):
+        point_data, name = data, point_name(point)
+        for key, value in point.items():
+            point_data, _ = set_key(point_data, key, value)
+        try:
+            prepared.append((name, point, validated(point_data)))
+        except RecipeError as e:
+            raise CptError(f"sweep point {name}: " + "; ".join(e.problems)) from None
     names = [n for n, _, _ in prepared]
     if len(set(names)) != len(names):
         raise CptError("--grid: two points get the same folder name; give values that differ as text")
@@ -88,6 +96,7 @@ def claim(out: Path, recipe_path: Path, items: list[str]) -> None:
 
 def sweep(recipe_path: Path, items: list[str], out: Path, parallel: int = 1) -> Path:
     out = Path(out)
+    gpus = _gpus(parallel) if parallel > 1 else []
     prepared = prepare(recipe_path, items, out)  # every error before anything is written
     claim(out, recipe_path, items)
     for name, _, text in prepared:
@@ -97,7 +106,9 @@ def sweep(recipe_path: Path, items: list[str], out: Path, parallel: int = 1) -> 
     todo = [name for name, _, _ in prepared if not (out / "runs" / name / "summary.json").is_file()]
     done = len(prepared) - len(todo)
     print(f"sweep: {len(prepared)} runs, {done} finished already, {len(todo)} to run", flush=True)
-    failed = _run_all(out, todo, parallel)
+    if parallel > 1 and todo:  # the runs share one shard cache: fill it before they start, not all at once
+        _tokenize([out / "recipes" / f"{n}.yaml" for n in todo])
+    failed = _run_all(out, todo, parallel, gpus)
     finished = [(n, p) for n, p, _ in prepared if (out / "runs" / n / "summary.json").is_file()]
     report = write_comparison([run_row(out / "runs" / n, n) for n, _ in finished], out,
                               f"Sweep over {', '.join(k for k, _ in parse_grid(items))}", dict(finished))
@@ -108,26 +119,49 @@ def sweep(recipe_path: Path, items: list[str], out: Path, parallel: int = 1) -> 
     return report
 
 
-def _run_all(out: Path, names: list[str], parallel: int) -> list[str]:
+def _tokenize(recipes: list[Path]) -> None:
+    """Every source of every point's recipe into the shared cache (a cached one is only checked)."""
+    from ..data.tokenize import prepare_source
+    from ..model.load import load_tokenizer
+
+    for path in recipes:
+        r = load_recipe(path)
+        tokenizer = load_tokenizer(r.tokenizer_path)
+        for name, cfg in r.sources.items():
+            if cfg.prefix is None:
+                prepare_source(name, cfg, tokenizer, r.data_dir, workers=r.tokenize_workers or os.cpu_count() or 1)
+
+
+def _run_all(out: Path, names: list[str], parallel: int, gpus: list[str]) -> list[str]:
+    """The runs; the names of those that failed (the others go on: one LR that diverges does not
+    stop the sweep)."""
     if parallel == 1:  # in this process, one after another
         from ..runner import run_recipe
 
+        failed = []
         for name in names:
             run_dir = out / "runs" / name
             print(f"sweep: run {name}", flush=True)
-            run_recipe(out / "recipes" / f"{name}.yaml", run_dir, resume=run_dir.exists())
-        return []
+            try:
+                run_recipe(out / "recipes" / f"{name}.yaml", run_dir, resume=run_dir.exists())
+            except CptError as e:
+                (out / "logs").mkdir(exist_ok=True)
+                write_text_atomic(out / "logs" / f"{name}.log", f"cpt: error: {e}\n")
+                print(f"sweep: run {name} failed: {e}", flush=True)
+                failed.append(name)
+        return failed
     (out / "logs").mkdir(exist_ok=True)
     slots = queue.Queue()  # a run takes a free slot (with CUDA: its GPU) and gives it back
     for slot in range(parallel):
         slots.put(slot)
-    gpus = _gpus() >= parallel
 
     def one(name: str) -> str | None:
         slot, run_dir, env = slots.get(), out / "runs" / name, dict(os.environ)
         try:
             if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+                env["CUDA_VISIBLE_DEVICES"] = gpus[slot]
+            else:  # CPU runs share the cores
+                env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
             cmd = [sys.executable, "-m", "cpt", "run", str(out / "recipes" / f"{name}.yaml"), "--out", str(run_dir)]
             with open(out / "logs" / f"{name}.log", "a", encoding="utf-8") as log:
                 code = subprocess.run(cmd + (["--resume"] if run_dir.exists() else []), env=env, stdout=log,
@@ -141,7 +175,15 @@ def _run_all(out: Path, names: list[str], parallel: int) -> list[str]:
         return [n for n in pool.map(one, names) if n]
 
 
-def _gpus() -> int:
+def _gpus(parallel: int) -> list[str]:
+    """The GPU each slot runs on (from those this process may use); none without CUDA."""
     import torch
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else \
+        [str(i) for i in range(torch.cuda.device_count())]
+    if len(ids) < parallel:
+        raise CptError(f"--parallel {parallel}: {len(ids)} GPU(s) visible; run at most {len(ids)} at a time")
+    return ids[:parallel]

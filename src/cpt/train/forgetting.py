@@ -11,6 +11,8 @@ check past `recover_within` of the stage, or when the task's score at the stage'
 
 from __future__ import annotations
 
+import math
+
 from ..eval.validation import evaluate
 from ..eval.tasks import main_score
 from .hooks import Hook
@@ -23,38 +25,45 @@ class GuardFailed(Exception):
 
 
 class ForgettingGuard(Hook):
+    """Keyed on the stage as written (`guard.stage`): a preset that expands into several stages
+    (strategy4's `X.base` then `X`, EEVE's seven) is measured from its first one's start and over
+    all their tokens, and checked at the end of its last (which keeps the written name)."""
+
     name = "guard"
 
     def __init__(self):
-        self.stage: str | None = None  # the stage whose start `start` is
+        self.stage: str | None = None  # the written stage whose start `start` is
         self.start: float | None = None
+        self.start_tokens = 0  # the run's tokens at that start
         self.recovery_checked = False
 
     def on_stage_begin(self, run, stage) -> None:
         g = stage.cfg.guard
-        if g is not None and g.source is not None and self.stage != stage.name:  # entered now, not resumed
-            self.stage, self.start, self.recovery_checked = stage.name, self._loss(run, g.source), False
+        if g is not None and self.stage != g.stage:  # entered now, not resumed
+            self.stage, self.start_tokens, self.recovery_checked = g.stage, run.state.tokens, False
+            self.start = self._loss(run, g.source) if g.source is not None else None
 
     def on_step_begin(self, run, stage) -> None:
         g = stage.cfg.guard
         if g is None or g.source is None:
             return
-        batch = run.recipe.stage_batch(stage.cfg)
-        t, total = run.state.stage_step * batch, stage.steps * batch
+        batch, total = run.recipe.stage_batch(stage.cfg), g.stage_tokens
+        t = run.state.tokens - self.start_tokens  # tokens the written stage has trained on so far
         every = g.every_tokens or max(batch, total // 20)
         if t > 0 and t // every != (t - batch) // every:
             self._check(run, stage, self._loss(run, g.source), t, total)
 
     def on_stage_end(self, run, stage) -> None:
-        g, total = stage.cfg.guard, stage.steps * run.recipe.stage_batch(stage.cfg)
-        if g is None:
+        g = stage.cfg.guard
+        if g is None or stage.name != g.stage:  # a written stage's end is its last part's
             return
+        total = g.stage_tokens
         if g.source is not None:  # the end eval's loss is the last check
             self._check(run, stage, run.last_eval["val_loss"][g.source], total, total)
         if g.task is not None:
             score = main_score(run.last_eval["tasks"][g.task])
-            if score < g.min_score:
-                raise GuardFailed(stage.name, f"task {g.task} scored {score:.4g} at the stage's end, under its "
+            if not score >= g.min_score:  # NaN fails too
+                raise GuardFailed(g.stage, f"task {g.task} scored {score:.4g} at the stage's end, under its "
                                   f"min_score {g.min_score:g}", total)
 
     def _loss(self, run, source: str) -> float:
@@ -63,21 +72,25 @@ class ForgettingGuard(Hook):
 
     def _check(self, run, stage, loss: float, t: int, total: int) -> None:
         g, s = stage.cfg.guard, run.state
-        run.metrics.write({"kind": "guard", "stage": stage.name, "step": s.global_step, "tokens": s.tokens,
+        run.metrics.write({"kind": "guard", "stage": stage.name, "of": g.stage, "step": s.global_step, "tokens": s.tokens,
                            "stage_tokens": t, "source": g.source, "loss": loss, "start": self.start})
         rise = loss - self.start
+        if not math.isfinite(loss):
+            raise GuardFailed(g.stage, f"{g.source} loss is {loss} at {t:,} tokens", t)
         if g.max_rise is not None and rise > g.max_rise:
-            raise GuardFailed(stage.name, f"{g.source} loss rose {rise:.3f} nats over the stage's start "
+            raise GuardFailed(g.stage, f"{g.source} loss rose {rise:.3f} nats over the stage's start "
                               f"({self.start:.3f} -> {loss:.3f}) at {t:,} tokens, more than max_rise {g.max_rise:g}", t)
         if g.recover_within is not None and not self.recovery_checked and t >= g.recover_within * total:
             self.recovery_checked = True
             if loss > self.start:
-                raise GuardFailed(stage.name, f"{g.source} loss was not back at the stage's start by "
+                raise GuardFailed(g.stage, f"{g.source} loss was not back at the stage's start by "
                                   f"{g.recover_within:.0%} of the stage ({loss:.3f} > {self.start:.3f} at {t:,} tokens)", t)
 
     def state_dict(self) -> dict:
-        return {"stage": self.stage, "start": self.start, "recovery_checked": self.recovery_checked}
+        return {"stage": self.stage, "start": self.start, "start_tokens": self.start_tokens,
+                "recovery_checked": self.recovery_checked}
 
     def load_state_dict(self, state: dict) -> None:
         self.stage, self.start = state.get("stage"), state.get("start")
+        self.start_tokens = int(state.get("start_tokens", 0))
         self.recovery_checked = bool(state.get("recovery_checked", False))

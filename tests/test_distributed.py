@@ -70,6 +70,15 @@ def plan_recipe(dir: Path, shared: Path) -> Path:
                    {"name": "m", "kind": "merge", "checkpoints": ["a@final", "c@final", "step-0000004"],
                     "weights": [0.2, 0.5, 0.3]}],
     }
+    # downstream tasks: each rank scores its share of the items (eval/scoring.py), the sums agree
+    text = (shared / "corpora/en/tinystories.txt").read_text()[:20_000]
+    cloze = [dict(zip(("context", "continuation"), st.strip().rsplit(" ", 1))) for st in text.split("<|endoftext|>")[:7]
+             if len(st.split()) > 20]
+    (dir / "cloze.jsonl").write_text("".join(json.dumps({**c, "continuation": " " + c["continuation"]}) + "\n"
+                                             for c in cloze))
+    recipe["evals"] = {"cloze": {"kind": "cloze", "path": str(dir / "cloze.jsonl")},
+                       "gsm8k": {"kind": "generate", "path": f"{shared}/corpora/math/gsm8k_train.jsonl", "shots": 1,
+                                 "limit": 3, "max_new_tokens": 8}}
     path = dir / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -148,6 +157,7 @@ def test_cpt_run_on_two_ranks_equals_one_process(single, tmp_path, shared):
     for x, y in zip(a, b):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["lr"] == pytest.approx(x["lr"], rel=1e-12)
     assert close(json.loads((one / "summary.json").read_text()), json.loads((two / "summary.json").read_text()))
+    assert set(json.loads((two / "summary.json").read_text())["base_evals"]) == {"cloze", "gsm8k"}  # tasks, sharded
     assert {p.name for p in (one / "checkpoints").iterdir()} == {p.name for p in (two / "checkpoints").iterdir()}
     from transformers import AutoModelForCausalLM
 

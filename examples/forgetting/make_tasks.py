@@ -2,10 +2,12 @@
 (nothing is downloaded; the files are not part of the repository):
 
 - tasks/cloze.jsonl: LAMBADA-style, `{context, continuation}`: a TinyStories story without its
-  last word, and that word. The stories are the corpus's last ones, which the recipe's training
-  never reaches (it reads TinyStories from the start, a small share of it);
+  last word, and that word (the corpus's last stories; the example trains on about 6% of
+  TinyStories, so a few of them may be among what it reads; the base model was trained on
+  TinyStories anyway: the task measures what training on other data takes away);
 - tasks/gsm8k.jsonl: GSM8K items `{question, answer}` (the answer ends in `#### <number>`); the
-  first ones are the few-shot examples.
+  first ones are the few-shot examples. They are the file's last items; the example's `math`
+  source is the same file, so it may train on them (a 260K-parameter model solves none anyway).
 
     python examples/forgetting/make_tasks.py [--shared ../shared/data] [--n 200]
 """

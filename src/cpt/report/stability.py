@@ -64,23 +64,31 @@ def stability_section(summary: Mapping[str, Any], plots_dir: str) -> str | None:
 
 
 def plot_stability(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]], path: Path, pyplot, save) -> None:
-    """One panel per monitored stage: each source's loss minus its stage start, over stage tokens."""
+    """One panel per monitored stage and source (a new source's fall would flatten an old one's
+    gap on a shared axis): the loss minus its stage start, over stage tokens."""
     stages = [st for st in summary.get("stages", []) if st.get("stability")]
     if not stages:
         return
+    sources = list(dict.fromkeys(src for st in stages for src in st["stability"]))
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.8), squeeze=False)
-    for ax, st in zip(axes[0], stages):
+    fig, axes = plt.subplots(len(sources), len(stages), figsize=(4.5 * len(stages), 3.2 * len(sources)), squeeze=False)
+    for col, st in enumerate(stages):
         curve = [(0, st["val_loss_start"])] + stage_curve(records, st["name"], st["tokens_start"])
-        for src in st["stability"]:
-            ax.plot([t for t, _ in curve], [losses[src] - st["val_loss_start"][src] for _, losses in curve],
-                    marker="o", markersize=2.5, label=src)
-        stage_panel(ax, st["name"], "Δ validation loss vs stage start")
+        for row, src in enumerate(sources):
+            ax = axes[row][col]
+            if src in st["stability"]:
+                ax.plot([t for t, _ in curve], [losses[src] - st["val_loss_start"][src] for _, losses in curve],
+                        marker="o", markersize=2.5, label=src, color=f"C{row}")
+            stage_panel(ax, st["name"], f"Δ {src} loss vs stage start")
+    fig.tight_layout()
     save(fig, path)
 
 
 def stage_panel(ax, stage: str, ylabel: str) -> None:
-    """A panel of changes against a stage's start, over the stage's tokens."""
+    """A panel of changes against a stage's start, over the stage's tokens (k/M ticks)."""
+    from matplotlib.ticker import EngFormatter
+
+    ax.xaxis.set_major_formatter(EngFormatter())
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_title(f"stage {stage}")
     ax.set_xlabel("stage tokens")

@@ -107,3 +107,17 @@ def test_point_recipes_keep_relative_paths_through_base_dir(shared, tmp_path):
     original, point = load_recipe(path), load_recipe(moved)
     assert point.sources["stories"].paths == original.sources["stories"].paths == [stories]
     assert point.data_dir == original.data_dir == tmp_path / "cache" and point.seed == 7
+
+
+def test_parallel_runs_go_in_their_own_processes(shared, tmp_path):
+    from cpt.sweep.run import sweep
+
+    path, out = recipe(tmp_path, shared), tmp_path / "sweep"
+    sweep(path, ["stages.shift.tokens=512,768"], out, parallel=2)
+    rows = json.loads((out / "comparison.json").read_text())["runs"]
+    assert [r["run"] for r in rows] == ["tokens=512", "tokens=768"]
+    for name, steps in (("tokens=512", 2), ("tokens=768", 3)):
+        assert len(json.loads((out / "runs" / name / "summary.json").read_text())["stages"][0]["mix"]) == 2
+        assert sum(r["kind"] == "train" for r in map(json.loads, (out / "runs" / name / "metrics.jsonl")
+                                                     .read_text().splitlines())) == steps
+        assert "done: report at" in (out / "logs" / f"{name}.log").read_text()

@@ -25,9 +25,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cpt.checkpoint.manager import CheckpointManager
-from cpt.recipe import OptimizerCfg
-from cpt.train.step import build_optimizer, train_step
+from cptkit.checkpoint.manager import CheckpointManager
+from cptkit.recipe import OptimizerCfg
+from cptkit.train.step import build_optimizer, train_step
 
 
 def model_and_optimizer(hidden: int, layers: int):

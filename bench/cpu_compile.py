@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from cpt.build import build_run
-from cpt.demo.corpora import CORPORA, iter_texts, train_tokenizer, write_corpora
-from cpt.recipe import load_recipe
-from cpt.train.stages import batch, plan_stage
-from cpt.train.step import train_step
+from cptkit.build import build_run
+from cptkit.demo.corpora import CORPORA, iter_texts, train_tokenizer, write_corpora
+from cptkit.recipe import load_recipe
+from cptkit.train.stages import batch, plan_stage
+from cptkit.train.step import train_step
 
 # Llama shapes built from scratch (no download, no shared data needed): the stories260K
 # architecture (the model cpt's CPU users train; overhead and elementwise work weigh most), and a

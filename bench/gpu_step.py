@@ -6,7 +6,7 @@
     - cpt: the same weights and batches through `shard_model` (per-block compile, as
       `distributed: {compile: true}`) and `train_step` (cpt's step: loss and gradient norm read
       back every step, non-finite guard, clipping, AdamW), bf16 autocast.
-    Reported: tokens/s, MFU (cpt.train.throughput: 6N + 12LHQT FLOPs per token over the GPU's
+    Reported: tokens/s, MFU (cptkit.train.throughput: 6N + 12LHQT FLOPs per token over the GPU's
     dense bf16 peak), peak memory, and cpt / plain.
 (c) 50 steps of cpt's step in bf16 against fp32 on the 360M shape (seq 512) over a learnable
     synthetic sequence (a fixed random successor per token, 10% noise): the largest relative
@@ -28,12 +28,12 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cpt.distributed.config import DistributedCfg
-from cpt.distributed.env import Dist
-from cpt.distributed.fsdp import shard_model
-from cpt.recipe import OptimizerCfg
-from cpt.train.step import autocast_for, build_optimizer, train_step
-from cpt.train.throughput import device_peak_tflops, flops_per_token
+from cptkit.distributed.config import DistributedCfg
+from cptkit.distributed.env import Dist
+from cptkit.distributed.fsdp import shard_model
+from cptkit.recipe import OptimizerCfg
+from cptkit.train.step import autocast_for, build_optimizer, train_step
+from cptkit.train.throughput import device_peak_tflops, flops_per_token
 
 SHAPES = {  # name: (config, seq_len, micro_batch)
     "llama-1B": (dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cpt.data.mixture import StageMixture, interleave
-from cpt.data.packing import PackedStream
-from cpt.data.shards import Shard, ShardWriter
+from cptkit.data.mixture import StageMixture, interleave
+from cptkit.data.packing import PackedStream
+from cptkit.data.shards import Shard, ShardWriter
 
 
 def rss_mb() -> float:

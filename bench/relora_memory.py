@@ -46,10 +46,10 @@ def measure(args) -> dict:
     """One program, in this process: build, train `steps` steps, report."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cpt.model import relora
-    from cpt.model.relora_cfg import ReLoRACfg
-    from cpt.recipe import OptimizerCfg
-    from cpt.train.step import build_optimizer, train_step
+    from cptkit.model import relora
+    from cptkit.model.relora_cfg import ReLoRACfg
+    from cptkit.recipe import OptimizerCfg
+    from cptkit.train.step import build_optimizer, train_step
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from cpt.model.trainable import set_trainable, train_rows
-from cpt.recipe import OptimizerCfg
-from cpt.train.step import build_optimizer, train_step
+from cptkit.model.trainable import set_trainable, train_rows
+from cptkit.recipe import OptimizerCfg
+from cptkit.train.step import build_optimizer, train_step
 
 OLD, NEW = 49_152, 1_000
 

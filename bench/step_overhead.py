@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from cpt.build import build_run
-from cpt.demo.corpora import CORPORA, iter_texts, train_tokenizer, write_corpora
-from cpt.recipe import load_recipe
-from cpt.train.stages import batch, plan_stage
-from cpt.train.step import build_optimizer, train_step
+from cptkit.build import build_run
+from cptkit.demo.corpora import CORPORA, iter_texts, train_tokenizer, write_corpora
+from cptkit.recipe import load_recipe
+from cptkit.train.stages import batch, plan_stage
+from cptkit.train.step import build_optimizer, train_step
 
 # the stories260K architecture, from scratch (no download, no shared data needed)
 MODEL = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 5, "num_attention_heads": 8,

@@ -49,8 +49,8 @@ def baseline(docs: list[str], tokenizer_dir: Path, method: str = "encode_batch")
 
 
 def cpt_pipeline(path: Path, tokenizer, out: Path, workers: int) -> float:
-    from cpt.data.tokenize import content_key, input_record, tokenize_source, tokenizer_fingerprint
-    from cpt.recipe import SourceCfg
+    from cptkit.data.tokenize import content_key, input_record, tokenize_source, tokenizer_fingerprint
+    from cptkit.recipe import SourceCfg
 
     src = SourceCfg(paths=[path])
     inputs = [input_record(path)]
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     sys.stderr = open(os.devnull, "w")  # progress bars off the measurement's terminal
-    from cpt.model.load import load_tokenizer
+    from cptkit.model.load import load_tokenizer
 
     tokenizer_dir = SHARED / "tokenizers/gpt2"
     tokenizer = load_tokenizer(tokenizer_dir)

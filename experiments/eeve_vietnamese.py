@@ -52,8 +52,8 @@ def split_viwiki(data: Path, work: Path) -> tuple[Path, list[str]]:
 
 
 def extend_and_report(base: Path, out: Path, train: Path, protect: list[Path], corpora: dict) -> dict:
-    from cpt.vocab.extend import extend, reader
-    from cpt.vocab.report import measure
+    from cptkit.vocab.extend import extend, reader
+    from cptkit.vocab.report import measure
 
     if not (out / "tokenizer.json").is_file():
         extend(base, [train], ADD, out, reader(), protect=protect)
@@ -79,7 +79,7 @@ def recipe_for(name: str, data: Path, model: Path, train: Path, tokens: int) -> 
 
 
 def run(name: str, recipe: dict, work: Path) -> Path:
-    from cpt.runner import run_recipe
+    from cptkit.runner import run_recipe
 
     out = work / "runs" / name
     text = yaml.safe_dump(recipe, sort_keys=False)
@@ -134,7 +134,7 @@ def vi_curve(out: Path) -> tuple[list[int], list[float]]:
     tok = AutoTokenizer.from_pretrained(str(out / "model"))
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     seq, budget = recipe["seq_len"], recipe["validation"]["tokens_per_source"]
-    from cpt.data.shards import Shard
+    from cptkit.data.shards import Shard
 
     key = json.loads((out / "data" / "sources.json").read_text())["vi"]
     shard = out / "shards" / f"vi.{key}"
@@ -204,7 +204,7 @@ def main() -> None:
     t0 = time.time()
     data = shared_data()
     train, held_out = split_viwiki(data, work)
-    from cpt.vocab.extend import reader
+    from cptkit.vocab.extend import reader
 
     stories = list(reader(separator="<|endoftext|>")(data / "corpora/en/tinystories.txt"))
     wiki = list(reader("lines")(data / "corpora/en/wikipedia_en.txt"))
@@ -218,7 +218,7 @@ def main() -> None:
     }
     model = work / "model-ext"
     if not (model / "vocab_extension.json").is_file():
-        from cpt.vocab.init import init_model
+        from cptkit.vocab.init import init_model
 
         init_model(data / "models/stories260K", work / "tok-stories", model)
     tokens = 131_072 if args.quick else yaml.safe_load(EXAMPLE.read_text())["stages"][0]["tokens"]
@@ -232,7 +232,7 @@ def main() -> None:
     plot({n: vi_curve(o) for n, o in outs.items()}, {n: stories_curve(o) for n, o in outs.items()},
          plots / "eeve-curves.png")
 
-    from cpt.recipe import load_recipe
+    from cptkit.recipe import load_recipe
 
     steps = [f"`{s.name}` {s.tokens:,} tokens ({', '.join(s.trainable)})" for s in load_recipe(work / "eeve.yaml").stages]
     lines = [BEGIN, "Rerun: `OMP_NUM_THREADS=1 .venv/bin/python experiments/eeve_vietnamese.py` "

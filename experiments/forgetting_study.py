@@ -50,8 +50,8 @@ def agreement() -> list[list]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cpt.distributed.env import Dist
-    from cpt.eval.tasks import TaskCfg, load_items, run_task
+    from cptkit.distributed.env import Dist
+    from cptkit.eval.tasks import TaskCfg, load_items, run_task
 
     model = AutoModelForCausalLM.from_pretrained(RUN / "model").eval()
     tok = AutoTokenizer.from_pretrained(RUN / "model")

@@ -20,7 +20,7 @@ viwiki by `cpt vocab extend`, rows by `cpt vocab init`), once at full rank and o
 on the stage (which applies it to EEVE's sub-stages that train the layers: `vi.eeve6` and `vi`), and once
 more with ReLoRA's moments reset at merges (the diagnostic of Part A).
 
-Each run is done in-process (`cpt.build.build_run`, `cpt.train.loop.train`, `cpt.train.finish.finish`)
+Each run is done in-process (`cptkit.build.build_run`, `cptkit.train.loop.train`, `cptkit.train.finish.finish`)
 with one extra hook that measures, after every step, the trainable parameters, the optimizer state
 the AdamW actually holds, and the largest entry of the adapters' A matrices. A run's numbers are
 written into results.json in the work folder as soon as it finishes; a run whose recipe is
@@ -156,7 +156,7 @@ def meter_hook():
     left out), and the largest |entry| of the adapters' A matrices while they are on."""
     import torch
 
-    from cpt.train.hooks import Hook
+    from cptkit.train.hooks import Hook
 
     class Meter(Hook):
         name = "relora-study-meter"
@@ -179,7 +179,7 @@ def meter_hook():
     return Meter()
 
 
-RELORA_SOURCES = ("src/cpt/model/relora.py", "src/cpt/model/relora_cfg.py", "src/cpt/train/relora.py")
+RELORA_SOURCES = ("src/cptkit/model/relora.py", "src/cptkit/model/relora_cfg.py", "src/cptkit/train/relora.py")
 
 
 def provenance() -> dict:
@@ -206,10 +206,10 @@ def run_one(name: str, recipe: dict, work: Path, results: dict, save) -> dict:
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     if results.get(name, {}).get("recipe_sha") == digest:
         return results[name]
-    from cpt.build import build_run
-    from cpt.recipe import load_recipe
-    from cpt.train.finish import finish
-    from cpt.train.loop import train
+    from cptkit.build import build_run
+    from cptkit.recipe import load_recipe
+    from cptkit.train.finish import finish
+    from cptkit.train.loop import train
 
     out = work / "runs" / name
     shutil.rmtree(out, ignore_errors=True)  # interrupted or stale: from zero
@@ -245,8 +245,8 @@ def run_one(name: str, recipe: dict, work: Path, results: dict, save) -> dict:
 def prepare_vietnamese(data: Path, work: Path) -> tuple[Path, Path]:
     """viwiki's training articles in a file of their own, and stories260K extended by ADD tokens
     learned on them (TinyStories' tokenization protected), rows initialised as `cpt vocab init` does."""
-    from cpt.vocab.extend import extend, reader
-    from cpt.vocab.init import init_model
+    from cptkit.vocab.extend import extend, reader
+    from cptkit.vocab.init import init_model
 
     lines = (data / "corpora/vi/viwiki.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     train = work / "vi-train.jsonl"

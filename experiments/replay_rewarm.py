@@ -77,7 +77,7 @@ def run_name(alpha0: float, lr_mode: str, seed: int) -> str:
 
 
 def run_all(out: Path, seeds: list[int], tokens: int) -> None:
-    from cpt.runner import run_recipe
+    from cptkit.runner import run_recipe
 
     data = shared_data()
     for seed in seeds:  # seed-major: a partial study already covers every config once

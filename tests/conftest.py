@@ -40,7 +40,7 @@ stages:
 def small_recipe(tmp_path: Path, shared: Path, stages: str, header: str = "", optimizer: str = "{lr: 1.0e-3}"):
     """A validated recipe over the shared corpora (stories, wiki, math): 64-token samples,
     256 tokens a step, lr 1e-3, and the given YAML `stages:` block (plus top-level `header` lines)."""
-    from cpt.recipe import load_recipe
+    from cptkit.recipe import load_recipe
 
     sources = f"""  stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
   wiki: {{paths: [{shared}/corpora/en/wikipedia_en.txt], format: lines}}
@@ -84,7 +84,7 @@ def hand_extended_tokenizer(shared: Path, out: Path) -> Path:
 
 def extended_model(shared: Path, tmp_path: Path, untie: bool = False) -> Path:
     """stories260K with the hand-extended tokenizer, rows initialised by `cpt vocab init`."""
-    from cpt.vocab.init import init_model
+    from cptkit.vocab.init import init_model
 
     tokenizer = hand_extended_tokenizer(shared, tmp_path / "tok-ext")
     out = tmp_path / ("model-untied" if untie else "model-ext")
@@ -95,7 +95,7 @@ def extended_model(shared: Path, tmp_path: Path, untie: bool = False) -> Path:
 def killed_at_step(monkeypatch, step: int, train) -> None:
     """Run `train()` with the loop's optimizer step interrupted at its `step`-th call (1-based), as a
     kill would stop it; the loop is whole again afterwards."""
-    import cpt.train.loop as loop
+    import cptkit.train.loop as loop
 
     real, calls = loop.train_step, []
 
@@ -114,7 +114,7 @@ def killed_at_step(monkeypatch, step: int, train) -> None:
 def fake_checkpoint(folder: Path, meta: str = "{}", state: bool = True) -> Path:
     """A checkpoint folder with `meta.json` and a placeholder `state/`, its checksums written:
     enough for what the recipe checks at load (no weights are ever read from it)."""
-    from cpt.checkpoint.integrity import write_manifest
+    from cptkit.checkpoint.integrity import write_manifest
 
     folder.mkdir(parents=True)
     if state:

@@ -5,11 +5,11 @@ as weights or as the previous stage's mix with the sources carrying a tag upweig
 import pytest
 
 from conftest import write_recipe
-from cpt.errors import RecipeError
+from cptkit.errors import RecipeError
 
 
 def recipe(tmp_path, shared, anneal: str, first_mix: str = "{stories: 0.8, wiki: 0.2}"):
-    from cpt.recipe import load_recipe
+    from cptkit.recipe import load_recipe
 
     sources = f"""  stories: {{paths: [{shared}/corpora/en/tinystories.txt], separator: "<|endoftext|>"}}
   wiki: {{paths: [{shared}/corpora/en/wikipedia_en.txt], format: lines, tags: {{quality: high}}}}
@@ -21,7 +21,7 @@ def recipe(tmp_path, shared, anneal: str, first_mix: str = "{stories: 0.8, wiki:
 
 
 def test_upweight_a_tag_from_the_previous_mix(shared, tmp_path):
-    from cpt.schedules import plan_segments, step_lr
+    from cptkit.schedules import plan_segments, step_lr
 
     path, load = recipe(tmp_path, shared, "{name: anneal, upweight: {tag: quality=high, share: 0.5}, decay: 0.5}")
     r = load(path)
@@ -36,7 +36,7 @@ def test_upweight_a_tag_from_the_previous_mix(shared, tmp_path):
 
 
 def test_plan_prints_the_computed_mix(shared, tmp_path, capsys):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     path, _ = recipe(tmp_path, shared, "{name: anneal, upweight: {tag: kind=math, share: 0.3}}")
     capsys.readouterr()

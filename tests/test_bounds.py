@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cpt.cli import main
-from cpt.errors import RecipeError
-from cpt.recipe import load_recipe
+from cptkit.cli import main
+from cptkit.errors import RecipeError
+from cptkit.recipe import load_recipe
 from conftest import fake_checkpoint
 
 
@@ -237,7 +237,7 @@ def test_a_broken_init_checkpoint_is_a_recipe_problem(base, tmp_path, meta, stat
 
 
 def test_a_whole_init_checkpoint_loads_with_its_lr(base, tmp_path):
-    from cpt.schedules import plan_segments
+    from cptkit.schedules import plan_segments
 
     r = load_recipe(with_checkpoint(base, tmp_path, json.dumps({"lr": 5e-4, "batch_tokens": 256})))
     assert plan_segments(r)[1].start_lr == 5e-4

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from cpt.data.buffer import ReplayBuffer, length_quartiles
-from cpt.eval.document_loss import document_losses
-from cpt.data.shards import Shard, ShardWriter
-from cpt.recipe import BufferAddCfg, budget_tokens, load_recipe
+from cptkit.data.buffer import ReplayBuffer, length_quartiles
+from cptkit.eval.document_loss import document_losses
+from cptkit.data.shards import Shard, ShardWriter
+from cptkit.recipe import BufferAddCfg, budget_tokens, load_recipe
 import test_recipe
 from test_recipe import changed, error_of, write
 
@@ -118,7 +118,7 @@ def test_fraction_budget_resolves_against_the_source(source, tmp_path):
 
 def test_uniform_order_unchanged_from_before_policies(source, tmp_path):
     """Runs recorded before policies existed must rebuild the same buffer on resume."""
-    from cpt.data.rng import generator
+    from cptkit.data.rng import generator
 
     shard, train = source
     _, rec = add(tmp_path / "buf", shard, train, 600, "uniform", seed=7)
@@ -260,7 +260,7 @@ def test_fraction_and_policy_accepted(base, tmp_path):
 def test_a_run_fills_the_buffer_with_its_hardest_documents(tmp_path, shared):
     """Through `cpt run`: a `fraction` budget and the `hard` policy scored by the end-of-stage
     model; the next stage replays exactly those documents."""
-    from cpt.runner import run_recipe
+    from cptkit.runner import run_recipe
 
     recipe = tmp_path / "hard.yaml"
     recipe.write_text(f"""

@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cpt.checkpoint import manager as mgr
-from cpt.checkpoint.manager import CheckpointManager
-from cpt.errors import CptError
-from cpt.recipe import OptimizerCfg
-from cpt.train.step import build_optimizer, train_step
+from cptkit.checkpoint import manager as mgr
+from cptkit.checkpoint.manager import CheckpointManager
+from cptkit.errors import CptError
+from cptkit.recipe import OptimizerCfg
+from cptkit.train.step import build_optimizer, train_step
 
 
 def tiny(seed=0):
@@ -86,7 +86,7 @@ def test_loading_into_another_architecture_is_a_clear_error(tmp_path):
 def test_an_async_save_writes_the_state_of_when_it_was_called(tmp_path):
     """`checkpoint: {async: true}`: the weights are copied before training goes on, so changing
     them while the write runs does not change the checkpoint; it is named only once sealed."""
-    from cpt.checkpoint.integrity import verify
+    from cptkit.checkpoint.integrity import verify
 
     def tiny():
         torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_an_async_write_that_fails_surfaces_and_leaves_earlier_checkpoints(tmp_p
     folder is gone, and the checkpoint before it is intact and still the last good one."""
     from torch.distributed.checkpoint.filesystem import FileSystemWriter
 
-    from cpt.checkpoint.integrity import verify
+    from cptkit.checkpoint.integrity import verify
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,

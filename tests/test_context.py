@@ -41,7 +41,7 @@ def records(out: Path, kind: str) -> list[dict]:
 
 
 def test_carry_moves_a_cursor_to_another_length_without_rereading():
-    from cpt.data.packing import carry
+    from cptkit.data.packing import carry
 
     # 10 samples of 256 in an epoch of 10,000 tokens end at token 2,560: the next 1024-sample is the 3rd
     assert carry(10, 10_000, 256, 1024) == 3
@@ -52,10 +52,10 @@ def test_carry_moves_a_cursor_to_another_length_without_rereading():
 
 
 def test_context_extension_stage_trains_resumes_and_exports(shared, tmp_path, monkeypatch):
-    from cpt.build import build_run
-    from cpt.recipe import load_recipe
-    from cpt.train import loop
-    from cpt.train.finish import finish
+    from cptkit.build import build_run
+    from cptkit.recipe import load_recipe
+    from cptkit.train import loop
+    from cptkit.train.finish import finish
 
     def run(name: str, resume: bool = False):
         r = build_run(load_recipe(tmp_path / name / "recipe.yaml"), name, tmp_path / name / "out", resume=resume)
@@ -127,7 +127,7 @@ def test_context_extension_stage_trains_resumes_and_exports(shared, tmp_path, mo
      "stages[1].batch_tokens: 2048 is not a multiple of seq_len x micro_batch = 2000"),
 ])
 def test_bad_context_input_is_one_line(shared, tmp_path, capsys, stage, expected):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     stages = f"""
   - {{name: short, tokens: 2048, mix: {{stories: 1.0}}}}
@@ -144,7 +144,7 @@ def test_bad_context_input_is_one_line(shared, tmp_path, capsys, stage, expected
 def test_rope_on_a_model_without_rotary_embeddings_is_refused(shared, tmp_path, capsys):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from cpt.cli import main
+    from cptkit.cli import main
 
     gpt2 = tmp_path / "gpt2-tiny"
     GPT2LMHeadModel(GPT2Config(vocab_size=512, n_positions=256, n_embd=16, n_layer=1, n_head=2)).save_pretrained(gpt2)
@@ -161,7 +161,7 @@ def test_rope_on_a_model_without_rotary_embeddings_is_refused(shared, tmp_path, 
 
 
 def test_plan_warns_when_a_later_stage_trains_shorter_than_the_extension(shared, tmp_path, capsys):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     stages = STAGES + "  - {name: after, seq_len: 256, tokens: 2048, mix: {stories: 1.0}}\n"
     capsys.readouterr()

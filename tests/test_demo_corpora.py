@@ -1,4 +1,4 @@
-"""Tests for cpt.demo.corpora: the four demo corpora and the demo tokenizer."""
+"""Tests for cptkit.demo.corpora: the four demo corpora and the demo tokenizer."""
 
 import json
 import math
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cpt.demo.corpora import (
+from cptkit.demo.corpora import (
     CORPORA,
     SEPARATOR,
     iter_texts,

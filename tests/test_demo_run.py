@@ -2,7 +2,7 @@
 
 import json
 
-from cpt.demo.run import run_demo
+from cptkit.demo.run import run_demo
 
 
 def test_demo_in_miniature_runs_the_cookbook_plan(tmp_path, monkeypatch):

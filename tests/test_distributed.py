@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpt.distributed.batch import rank_accum, rank_slice
-from cpt.distributed.fsdp import decoder_layers
-from cpt.errors import CptError
+from cptkit.distributed.batch import rank_accum, rank_slice
+from cptkit.distributed.fsdp import decoder_layers
+from cptkit.errors import CptError
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -87,7 +87,7 @@ def plan_recipe(dir: Path, shared: Path) -> Path:
 def cpt_run(n: int, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)] if n > 1 else [sys.executable]
-    return subprocess.run([*launch, "-m", "cpt", "run", *map(str, args)], capture_output=True, text=True, env=env,
+    return subprocess.run([*launch, "-m", "cptkit", "run", *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=600)
 
 
@@ -161,9 +161,9 @@ def test_cpt_run_on_two_ranks_equals_one_process(single, tmp_path, shared):
     assert {p.name for p in (one / "checkpoints").iterdir()} == {p.name for p in (two / "checkpoints").iterdir()}
     from transformers import AutoModelForCausalLM
 
-    from cpt.checkpoint.manager import CheckpointManager
-    from cpt.recipe import OptimizerCfg
-    from cpt.train.step import build_optimizer
+    from cptkit.checkpoint.manager import CheckpointManager
+    from cptkit.recipe import OptimizerCfg
+    from cptkit.train.step import build_optimizer
 
     m1, m2 = (AutoModelForCausalLM.from_pretrained(o / "model") for o in (one, two))
     for (n, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters()):
@@ -181,7 +181,7 @@ def killed(n: int, recipe: Path, out: Path, after: str) -> None:
 
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)] if n > 1 else [sys.executable]
-    proc = subprocess.Popen([*launch, "-m", "cpt", "run", str(recipe), "--out", str(out)], env=env,
+    proc = subprocess.Popen([*launch, "-m", "cptkit", "run", str(recipe), "--out", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     pattern = f"cpt run {recipe} --out {out}"  # torchrun's workers run in sessions of their own
     try:
@@ -244,8 +244,8 @@ def test_a_checkpoint_reshards_to_another_world_size(single, tmp_path, before, a
 
 def test_a_world_size_that_does_not_split_the_batch_is_refused(tmp_path, shared):
     from conftest import small_recipe
-    from cpt.build import check_world
-    from cpt.distributed.env import Dist
+    from cptkit.build import check_world
+    from cptkit.distributed.env import Dist
 
     plain = small_recipe(tmp_path, shared, "  - {name: a, tokens: 2048, mix: {stories: 1.0}}\n")
     check_world(plain, Dist(rank=0, world=1))  # 4 samples a step, micro_batch 4: one rank only
@@ -288,8 +288,8 @@ def tiny_llama_grads(cfg, layers: int = 2):
     fixed batch (the same weights and batch for every cfg)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cpt.distributed.env import Dist
-    from cpt.distributed.fsdp import shard_model
+    from cptkit.distributed.env import Dist
+    from cptkit.distributed.fsdp import shard_model
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
@@ -306,7 +306,7 @@ def tiny_llama_grads(cfg, layers: int = 2):
 def test_activation_checkpointing_recomputes_the_same_gradients(mode, monkeypatch):
     from torch.utils import checkpoint
 
-    from cpt.distributed.config import DistributedCfg
+    from cptkit.distributed.config import DistributedCfg
 
     plain, _, g0 = tiny_llama_grads(DistributedCfg())
     policies = []
@@ -326,8 +326,8 @@ def test_compiled_blocks_give_the_same_loss_and_gradients_under_the_same_names(c
     break there would leave every block silently eager), the numbers of eager mode, the names."""
     from torch._dynamo.utils import counters
 
-    from cpt.distributed.config import DistributedCfg
-    from cpt.distributed.fsdp import decoder_layers
+    from cptkit.distributed.config import DistributedCfg
+    from cptkit.distributed.fsdp import decoder_layers
 
     plain, l0, g0 = tiny_llama_grads(DistributedCfg(), layers=1)
     torch._dynamo.reset()
@@ -346,8 +346,8 @@ def test_validation_split_over_ranks_sums_to_the_whole():
     to one process's total loss."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cpt.distributed.env import Dist
-    from cpt.eval.validation import _rank_loss_sum, evaluate
+    from cptkit.distributed.env import Dist
+    from cptkit.eval.validation import _rank_loss_sum, evaluate
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -364,7 +364,7 @@ def test_gpu_ranks_without_gpus_or_nccl_are_one_line(tmp_path, shared, monkeypat
     exit 2, before any process starts or anything is written."""
     import yaml
 
-    from cpt.distributed import env
+    from cptkit.distributed import env
 
     recipe = yaml.safe_load(plan_recipe(tmp_path, shared).read_text()) | {"device": "cuda"}
     (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(recipe))

@@ -18,7 +18,7 @@ def model(shared):
 
 
 def test_packed_documents_see_only_themselves(model):
-    from cpt.train.inputs import Documents
+    from cptkit.train.inputs import Documents
 
     docs = [torch.tensor([5, 9, 7, 300, 2]), torch.tensor([11, 4, 2]), torch.tensor([6, 8, 3, 41, 77])]
     packed = torch.cat(docs)[None]
@@ -41,9 +41,9 @@ def test_a_masked_stage_trains_on_per_document_loss(shared, tmp_path):
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
-    from cpt.build import build_run
-    from cpt.train import loop
-    from cpt.train.stages import batch, plan_stage
+    from cptkit.build import build_run
+    from cptkit.train import loop
+    from cptkit.train.stages import batch, plan_stage
 
     stages = "  - {name: a, tokens: 256, mix: {math: 1.0}, document_masking: true}\n"  # short documents
     run = build_run(small_recipe(tmp_path, shared, stages, "validation: {tokens_per_source: 256}"), "docs",
@@ -74,7 +74,7 @@ def test_a_masked_stage_trains_on_per_document_loss(shared, tmp_path):
 def test_attention_that_crosses_documents_is_refused(shared, tmp_path, capsys, monkeypatch):
     import transformers.masking_utils as masking
 
-    from cpt.cli import main
+    from cptkit.cli import main
 
     monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda position_ids: None)  # as older transformers
     small_recipe(tmp_path, shared, "  - {name: a, tokens: 256, mix: {stories: 1.0}, document_masking: true}\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-CPT = [sys.executable, "-m", "cpt.cli"]
+CPT = [sys.executable, "-m", "cptkit.cli"]
 
 
 def write_recipe(dir: Path, shared: Path) -> Path:
@@ -168,7 +168,7 @@ def test_fresh_run_refuses_existing_out_and_changed_recipe_on_resume(uninterrupt
 def test_corrupted_checkpoint_falls_back_and_matches_uninterrupted(uninterrupted, tmp_path):
     """4 KB of garbage in the newest checkpoint's tensor file: --resume warns, takes the one
     before, redoes the steps since, and ends equal to the uninterrupted run."""
-    from cpt.checkpoint.manager import CheckpointManager
+    from cptkit.checkpoint.manager import CheckpointManager
 
     recipe, full = uninterrupted
     out = tmp_path / "corrupted"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cpt.cli import main
+from cptkit.cli import main
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "models" / "stories260K"

@@ -28,7 +28,7 @@ def records(path, kind):
 
 
 def test_a_failed_guard_rolls_back_and_replay_is_kept(shared, tmp_path, monkeypatch):
-    from cpt.runner import run_recipe
+    from cptkit.runner import run_recipe
 
     path = recipe(tmp_path, shared)
     run_recipe(path, tmp_path / "whole")
@@ -53,7 +53,7 @@ def test_a_failed_guard_rolls_back_and_replay_is_kept(shared, tmp_path, monkeypa
 
     # killed in the middle of the rollback (its record written, nothing moved yet), resumed; then
     # killed in the second attempt (after its save at 1,024 tokens), resumed: the run ends as the whole one
-    import cpt.train.attempts as attempts
+    import cptkit.train.attempts as attempts
 
     def dies(*args):
         raise KeyboardInterrupt
@@ -76,7 +76,7 @@ def test_a_failed_guard_rolls_back_and_replay_is_kept(shared, tmp_path, monkeypa
 
 
 def test_the_default_ladder_follows_the_stage_position():
-    from cpt.ladder import ladders
+    from cptkit.ladder import ladders
 
     data = {"stages": [
         {"name": "a", "strategy": "naive", "guard": {"source": "s"}, "buffer_add": {"source": "x"}},
@@ -92,7 +92,7 @@ def test_the_default_ladder_follows_the_stage_position():
 
 
 def test_plan_prints_the_ladder(shared, tmp_path, capsys):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     path = recipe(tmp_path, shared, guard="{source: stories, max_rise: 0.3, recover_within: 0.5}")
     assert main(["plan", str(path)]) == 0
@@ -112,7 +112,7 @@ def test_plan_prints_the_ladder(shared, tmp_path, capsys):
      "buffer, which is empty here"),
 ])
 def test_a_bad_guard_is_one_line(shared, tmp_path, capsys, guard, extra, expected):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     path = recipe(tmp_path, shared, guard=guard, extra=extra)
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
@@ -122,7 +122,7 @@ def test_a_bad_guard_is_one_line(shared, tmp_path, capsys, guard, extra, expecte
 
 
 def test_a_ladder_used_up_stops_in_one_line_also_on_resume(shared, tmp_path, capsys):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     path = recipe(tmp_path, shared, guard="{source: stories, max_rise: 0.01, ladder: []}")
     out = tmp_path / "out"
@@ -136,7 +136,7 @@ def test_a_ladder_used_up_stops_in_one_line_also_on_resume(shared, tmp_path, cap
 
 
 def test_expanded_stages_belong_to_the_stage_as_written():
-    from cpt.ladder import group
+    from cptkit.ladder import group
 
     written = ["x", "x.v2", "y"]
     assert group("x.base", ["x"], written) == "x" and group("x", ["x"], written) == "x"

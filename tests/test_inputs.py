@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import yaml
 
-from cpt.cli import main
-from cpt.data.shards import Shard
-from cpt.data.sources import iter_documents
-from cpt.data.tokenize import content_key
-from cpt.errors import CptError, RecipeError
-from cpt.recipe import SourceCfg, load_recipe
+from cptkit.cli import main
+from cptkit.data.shards import Shard
+from cptkit.data.sources import iter_documents
+from cptkit.data.tokenize import content_key
+from cptkit.errors import CptError, RecipeError
+from cptkit.recipe import SourceCfg, load_recipe
 
 BAD_BYTE = b"\xff"
 
@@ -177,8 +177,8 @@ def test_a_bad_jsonl_line_names_file_line_column_and_the_decoders_message(tmp_pa
 
 
 def test_a_prefix_shard_with_broken_metadata_is_one_whole_line(tmp_path, stories, shared):
-    from cpt.data.tokenize import prepare_source
-    from cpt.model.load import load_tokenizer
+    from cptkit.data.tokenize import prepare_source
+    from cptkit.model.load import load_tokenizer
 
     prefix = tmp_path / "old"
     for ext in (".bin", ".idx"):
@@ -206,7 +206,7 @@ def test_a_broken_model_config_is_named_at_load_not_as_the_tokenizer(tmp_path, s
     message = refusal(path)
     assert f"model.path: the model's config {folder / 'config.json'} is not valid JSON (line 1, column 20:" in message
     assert "tokenizer" not in message
-    from cpt.model.load import load_tokenizer
+    from cptkit.model.load import load_tokenizer
 
     with pytest.raises(CptError, match=r"the model's config .*config.json is not valid JSON \(line 1, column 20"):
         load_tokenizer(folder)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import corpus_heads, write_recipe as conftest_recipe
-from cpt.merging import ema_weights
+from cptkit.merging import ema_weights
 
 HEADER = """
 validation: {tokens_per_source: 512}
@@ -41,7 +41,7 @@ def test_ema_weights_sum_to_one_and_favour_the_last():
 
 
 def test_merge_stage_is_the_weighted_average_and_a_later_stage_trains_from_it(shared, tmp_path):
-    from cpt.runner import run_recipe
+    from cptkit.runner import run_recipe
 
     stages = """
   - {name: a, tokens: 1024, mix: {stories: 1.0}}
@@ -81,7 +81,7 @@ def test_merge_stage_is_the_weighted_average_and_a_later_stage_trains_from_it(sh
 
 
 def test_step_names_are_written_as_the_saves_are(shared, tmp_path):
-    from cpt.recipe import load_recipe
+    from cptkit.recipe import load_recipe
 
     stages = """
   - {name: a, tokens: 1024, mix: {stories: 1.0}}
@@ -91,7 +91,7 @@ def test_step_names_are_written_as_the_saves_are(shared, tmp_path):
 
 
 def test_wsm_averages_the_stable_phase(shared, tmp_path):
-    from cpt.recipe import load_recipe
+    from cptkit.recipe import load_recipe
 
     stages = """
   - {name: a, tokens: 2560, mix: {stories: 1.0}, schedule: {kind: wsd, lr: 1.0e-3, decay: 0.2}}
@@ -126,7 +126,7 @@ def test_wsm_averages_the_stable_phase(shared, tmp_path):
      "schedule: {kind: continue}}", "stages[2].schedule: the stage before is a merge, which has no schedule"),
 ])
 def test_bad_merge_is_one_line_before_any_work(shared, tmp_path, capsys, stage, expected):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     stages = f"""
   - {{name: a, tokens: 1024, mix: {{stories: 1.0}}}}
@@ -146,8 +146,8 @@ def test_merge_of_a_checkpoint_of_another_shape_names_both(shared, tmp_path, cap
     import torch.distributed.checkpoint as dcp
     from transformers import AutoModelForCausalLM
 
-    from cpt.checkpoint.integrity import write_manifest
-    from cpt.cli import main
+    from cptkit.checkpoint.integrity import write_manifest
+    from cptkit.cli import main
 
     other = AutoModelForCausalLM.from_pretrained(shared / "models" / "stories260K")
     other.resize_token_embeddings(600)
@@ -170,7 +170,7 @@ def test_merge_of_a_checkpoint_of_another_shape_names_both(shared, tmp_path, cap
 
 
 def test_wsm_of_a_stage_that_never_decays_ends_with_its_final(shared, tmp_path):
-    from cpt.recipe import load_recipe
+    from cptkit.recipe import load_recipe
 
     stages = """
   - {name: a, tokens: 2560, mix: {stories: 1.0}}
@@ -185,7 +185,7 @@ def test_a_checkpoint_of_another_tokenizer_is_refused(shared, tmp_path, capsys, 
     """A checkpoint records the fingerprint of its tokenizer: starting from, or merging, one of
     another tokenizer is refused before any work, naming both."""
     from conftest import fake_checkpoint
-    from cpt.cli import main
+    from cptkit.cli import main
 
     folder = fake_checkpoint(tmp_path / "elsewhere" / "x@final", meta='{"tokenizer": "0123456789abcdef", "lr": 0.001}')
     second = (f"{{name: b, tokens: 256, mix: {{stories: 1.0}}, init: {folder}}}" if key == "init" else

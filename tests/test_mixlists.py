@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpt.data.mixlists import add_parser, format_entries, mix, read_list, run
-from cpt.data.shards import ShardWriter
-from cpt.errors import CptError
+from cptkit.data.mixlists import add_parser, format_entries, mix, read_list, run
+from cptkit.data.shards import ShardWriter
+from cptkit.errors import CptError
 
 
 def write_list(path: Path, rows, header: str = "") -> Path:

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from cpt.data.mixture import Mixture, StageMixture, interleave
-from cpt.data.packing import PackedStream
-from cpt.data.rng import generator
-from cpt.data.shards import Shard, ShardWriter
+from cptkit.data.mixture import Mixture, StageMixture, interleave
+from cptkit.data.packing import PackedStream
+from cptkit.data.rng import generator
+from cptkit.data.shards import Shard, ShardWriter
 
 
 @pytest.mark.parametrize("weights", [[0.05, 0.95], [0.33, 0.33, 0.34], [0.7, 0.3], [0.001, 0.2, 0.799], [1.0]])

@@ -27,7 +27,7 @@ def records(out, kind):
 
 
 def test_monitor_measures_the_gap_and_survives_a_kill(shared, tmp_path, monkeypatch):
-    from cpt.runner import run_recipe
+    from cptkit.runner import run_recipe
 
     path = recipe(tmp_path, shared)
     run_recipe(path, tmp_path / "whole")
@@ -55,7 +55,7 @@ def test_monitor_measures_the_gap_and_survives_a_kill(shared, tmp_path, monkeypa
 
 
 def test_monitor_naming_an_unknown_source_is_one_line(shared, tmp_path, capsys):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     path = recipe(tmp_path, shared, monitor="{sources: [storis], every_tokens: 512}")
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2

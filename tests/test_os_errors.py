@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cpt.cli import main
-from cpt.errors import describe_os_error
+from cptkit.cli import main
+from cptkit.errors import describe_os_error
 
 
 STAGE = """
@@ -234,7 +234,7 @@ def test_refused_write_names_the_output(name, err, words, tmp_path, monkeypatch,
     build, ext = FILE_OUTPUTS[name]
     out = tmp_path / "out" / f"result{ext}"
     argv = build(tmp_path, shared, out)
-    _refusing_open(monkeypatch, "cpt.fileio", err)
+    _refusing_open(monkeypatch, "cptkit.fileio", err)
     line = error_line(capsys, argv, out, progress=True)
     assert words in line
     assert not out.exists() and list(out.parent.iterdir()) == []  # no partial file, no temporary left
@@ -243,7 +243,7 @@ def test_refused_write_names_the_output(name, err, words, tmp_path, monkeypatch,
 def test_full_disk_keeps_the_old_output(tmp_path, monkeypatch, capsys):
     out = tmp_path / "mix.txt"
     out.write_text("old\n")
-    _refusing_open(monkeypatch, "cpt.fileio", None)
+    _refusing_open(monkeypatch, "cptkit.fileio", None)
     error_line(capsys, ["mix", "--inputs", "1", mix_list(tmp_path), "--output", out], out)
     assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["list.txt", "mix.txt"]
 
@@ -251,7 +251,7 @@ def test_full_disk_keeps_the_old_output(tmp_path, monkeypatch, capsys):
 def test_full_disk_while_tokenizing_names_the_output(shared, tmp_path, monkeypatch, capsys):
     out = tmp_path / "shards" / "story"
     argv = _tokenize(tmp_path, shared, out)
-    _refusing_open(monkeypatch, "cpt.data.shards", None)
+    _refusing_open(monkeypatch, "cptkit.data.shards", None)
     line = error_line(capsys, argv, f"--output {out}", progress=True)
     assert "no space left on device" in line
     assert not Path(f"{out}.bin").exists() and not Path(f"{out}.idx").exists()
@@ -259,7 +259,7 @@ def test_full_disk_while_tokenizing_names_the_output(shared, tmp_path, monkeypat
 
 def test_error_without_a_file_name_names_the_flags(recipe, tmp_path, monkeypatch, capsys):
     """A library (here the plot) failing with no file name: the command and the paths it was given."""
-    from cpt import schedule_cli
+    from cptkit import schedule_cli
 
     def broken(*a):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -363,13 +363,13 @@ def test_unreadable_tokenize_input(shared, tmp_path, monkeypatch, capsys):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
         return real(path, mode, *a, **k)
 
-    monkeypatch.setattr("cpt.data.tokenize.open", fake, raising=False)
+    monkeypatch.setattr("cptkit.data.tokenize.open", fake, raising=False)
     assert "permission denied" in error_line(capsys, argv, tmp_path / "in.txt", progress=True)
 
 
 def test_decode_error_that_escapes_names_the_file(tmp_path, monkeypatch, capsys):
     """A reader that lets a UnicodeDecodeError through: the open file is found and named."""
-    from cpt import schedule_cli
+    from cptkit import schedule_cli
 
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"caf\xe9: 1\n")
@@ -386,7 +386,7 @@ def test_decode_error_that_escapes_names_the_file(tmp_path, monkeypatch, capsys)
 # ------------------------------------------------------------------ what the handler leaves alone
 
 def test_bugs_and_interrupts_are_not_turned_into_os_errors(tmp_path, monkeypatch, capsys):
-    from cpt import schedule_cli
+    from cptkit import schedule_cli
 
     def bug(path):
         raise RuntimeError("a bug")

@@ -5,7 +5,7 @@ are one line."""
 import pytest
 import torch
 
-from cpt.eval.passkey import NEEDLE, QUESTION, PasskeyCfg, _ids, passkey_accuracy, passkey_prompt
+from cptkit.eval.passkey import NEEDLE, QUESTION, PasskeyCfg, _ids, passkey_accuracy, passkey_prompt
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_a_reader_scores_one_and_a_guesser_zero(tokenizer):
     (["--lengths", "20"], "passkey: a prompt of 20 tokens cannot hold the intro, the needle and the question"),
 ])
 def test_bad_passkey_flags_are_one_line(shared, capsys, args, expected):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     assert main(["passkey", "--model", str(shared / "models" / "stories260K"), "--trials", "1", *args]) == 2
     err = capsys.readouterr().err

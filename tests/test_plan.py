@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from cpt.cli import main
-from cpt.data.mixture import StageMixture
-from cpt.plan import SourceSize, plan_stages, plan_warnings
-from cpt.recipe import load_recipe
-from cpt.schedules import plan_segments
+from cptkit.cli import main
+from cptkit.data.mixture import StageMixture
+from cptkit.plan import SourceSize, plan_stages, plan_warnings
+from cptkit.recipe import load_recipe
+from cptkit.schedules import plan_segments
 
 
 def recipe_file(tmp_path, shared, stages: str, extra: str = "") -> str:

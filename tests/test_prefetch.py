@@ -4,7 +4,7 @@ import threading
 
 import torch
 
-from cpt.data.prefetch import Prefetcher
+from cptkit.data.prefetch import Prefetcher
 
 
 def test_each_step_gets_its_own_batch_and_the_next_one_is_read_ahead():

@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from conftest import fake_checkpoint, small_recipe
-from cpt.cli import main
-from cpt.errors import RecipeError
-from cpt.plan import start_point_warnings
-from cpt.schedules import plan_segments, step_lr
+from cptkit.cli import main
+from cptkit.errors import RecipeError
+from cptkit.plan import start_point_warnings
+from cptkit.schedules import plan_segments, step_lr
 
 BASE = "base_sources: [stories]"
 # D0 pretraining with an infinite-style WSD (LR_max 1e-3, cooled down to 1e-5); math -> buffer
@@ -114,7 +114,7 @@ def test_plan_prints_the_expansion(tmp_path, shared, capsys):
 def test_strategy4_run_switches_mixes_at_the_threshold(tmp_path, shared):
     """Train it: the first step of the mixed stage is the first whose LR is at or below LR_max/5,
     the base stage reads no new data, and the mixed one reads its share."""
-    from cpt.runner import run_recipe
+    from cptkit.runner import run_recipe
 
     small_recipe(tmp_path, shared, PRE_PLAIN.replace("5120", "2560") + "}\n" + (STRATEGY4 % "strategy4").replace("25600", "7680"),
                  header=BASE + "\nvalidation: {tokens_per_source: 512}")
@@ -194,7 +194,7 @@ def test_bad_preset_and_schedule_input_is_one_line(tmp_path, shared, spec, messa
 def test_bad_input_exits_2_with_one_line(tmp_path, shared):
     with pytest.raises(RecipeError):
         stage(tmp_path, shared, BAD[0][0])
-    p = subprocess.run([sys.executable, "-m", "cpt.cli", "plan", str(tmp_path / "small.yaml")], capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "cptkit.cli", "plan", str(tmp_path / "small.yaml")], capture_output=True,
                        text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "never reaches 5e-05" in p.stderr
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cpt.errors import RecipeError
-from cpt.recipe import ConstantSchedule, CooldownSchedule, load_recipe
+from cptkit.errors import RecipeError
+from cptkit.recipe import ConstantSchedule, CooldownSchedule, load_recipe
 
 ISSUE_EXAMPLE = """\
 seed: 0

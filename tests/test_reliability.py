@@ -15,14 +15,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cpt.build import recipe_fingerprint
-from cpt.checkpoint.integrity import MANIFEST, write_manifest
-from cpt.checkpoint.manager import CheckpointManager
-from cpt.cli import main
-from cpt.errors import CptError
-from cpt.recipe import OptimizerCfg, load_recipe
-from cpt.runfolder import RunFolder
-from cpt.train.step import build_optimizer
+from cptkit.build import recipe_fingerprint
+from cptkit.checkpoint.integrity import MANIFEST, write_manifest
+from cptkit.checkpoint.manager import CheckpointManager
+from cptkit.cli import main
+from cptkit.errors import CptError
+from cptkit.recipe import OptimizerCfg, load_recipe
+from cptkit.runfolder import RunFolder
+from cptkit.train.step import build_optimizer
 from test_checkpoint import tiny, trained
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -102,7 +102,7 @@ def test_a_restart_removes_only_unchanged_files_it_wrote(tmp_path, shared):
 
 
 def test_a_restart_never_follows_links_or_manifest_paths_out_of_the_run(tmp_path):
-    from cpt.build import claim_out_dir
+    from cptkit.build import claim_out_dir
 
     mine = tmp_path / "myplots"
     (mine / "sub").mkdir(parents=True)
@@ -133,15 +133,15 @@ def test_a_second_run_on_a_locked_folder_is_refused(tmp_path, shared):
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from cpt.build import claim_out_dir
-        from cpt.checkpoint.manager import CheckpointManager
+        from cptkit.build import claim_out_dir
+        from cptkit.checkpoint.manager import CheckpointManager
         claim_out_dir(__import__('pathlib').Path({str(out)!r}), False, 'h', CheckpointManager({str(out / 'checkpoints')!r}))
         print('locked', flush=True)
         time.sleep(60)
         """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
     try:
         assert holder.stdout.readline().strip() == "locked"
-        res = subprocess.run([sys.executable, "-m", "cpt.cli", "run", str(recipe), "--out", str(out)],
+        res = subprocess.run([sys.executable, "-m", "cptkit.cli", "run", str(recipe), "--out", str(out)],
                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
         assert res.returncode == 2
         assert f"PID {holder.pid}" in one_error_line(res.stderr)
@@ -346,7 +346,7 @@ def small_disk(tmp_path: Path, monkeypatch, how: str) -> Path:
             yield Limited(f) if "w" in mode else f
 
     monkeypatch.setattr(FileSystem, "create_stream", limited)
-    monkeypatch.setattr("cpt.checkpoint.manager._free", lambda path: max(budget[0], 0))
+    monkeypatch.setattr("cptkit.checkpoint.manager._free", lambda path: max(budget[0], 0))
     return disk
 
 
@@ -382,7 +382,7 @@ def test_meta_with_wrong_types_is_not_a_traceback(tmp_path):
 
 
 def test_losses_that_are_not_finite_stay_valid_json(tmp_path):
-    from cpt.train.metrics import MetricsLog
+    from cptkit.train.metrics import MetricsLog
 
     log = MetricsLog(tmp_path / "m.jsonl")
     log.write({"loss": math.nan, "val_loss": {"a": math.inf, "b": 1.0}})
@@ -391,7 +391,7 @@ def test_losses_that_are_not_finite_stay_valid_json(tmp_path):
 
 
 def test_train_state_with_wrong_types_is_refused():
-    from cpt.train.state import TrainState
+    from cptkit.train.state import TrainState
 
     good = TrainState(stage_index=1, cursors={"a": 3}).state_dict()
     TrainState().load_state_dict(good)
@@ -415,7 +415,7 @@ def test_checkpoints_of_a_model_path_run_are_byte_reproducible(tmp_path, shared)
 
 
 def test_an_output_that_is_a_device_is_written_into_not_replaced(tmp_path):
-    from cpt.fileio import write_text_atomic
+    from cptkit.fileio import write_text_atomic
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -485,7 +485,7 @@ def test_resume_with_every_checkpoint_corrupted_is_one_line(tmp_path, shared, ca
 
 
 def test_a_checkpoint_swapped_out_when_a_save_died_is_put_back(tmp_path):
-    from cpt.build import claim_out_dir
+    from cptkit.build import claim_out_dir
 
     out = tmp_path / "run"
     claim_out_dir(out, False, "h", CheckpointManager(out / "checkpoints")).unlock()

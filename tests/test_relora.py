@@ -4,11 +4,11 @@ seeded draw and zero, the moments are pruned by exactly the share asked for, not
 import pytest
 import torch
 
-from cpt.errors import CptError
-from cpt.model.relora import lora_params, merge, unwrap, wrap
-from cpt.model.relora_cfg import PruneCfg, ReLoRACfg
-from cpt.recipe import OptimizerCfg
-from cpt.train.step import build_optimizer, train_step
+from cptkit.errors import CptError
+from cptkit.model.relora import lora_params, merge, unwrap, wrap
+from cptkit.model.relora_cfg import PruneCfg, ReLoRACfg
+from cptkit.recipe import OptimizerCfg
+from cptkit.train.step import build_optimizer, train_step
 
 
 def tiny(layers: int = 2):

@@ -37,9 +37,9 @@ def corpora(tmp_path_factory, shared) -> dict[str, Path]:
 
 
 def relora_run(tmp_path, shared, corpora, name: str, header: str = ""):
-    from cpt.build import build_run
-    from cpt.recipe import load_recipe
-    from cpt.train.loop import train
+    from cptkit.build import build_run
+    from cptkit.recipe import load_recipe
+    from cptkit.train.loop import train
 
     (tmp_path / name).mkdir(parents=True)
     path = tmp_path / name / "small.yaml"
@@ -91,7 +91,7 @@ def test_adapters_go_on_after_the_warm_start_and_merge_at_their_points(whole):
 def test_final_checkpoint_and_export_are_the_plain_model(whole, shared):
     from transformers import AutoModelForCausalLM
 
-    from cpt.train.finish import export_model
+    from cptkit.train.finish import export_model
 
     keys = dcp.FileSystemReader(str(whole.checkpoints.path("b@final") / "state")).read_metadata().state_dict_metadata
     assert not any("lora" in k or "base_layer" in k for k in keys)
@@ -120,9 +120,9 @@ def test_resume_inside_a_relora_cycle_equals_uninterrupted(whole, tmp_path, shar
     """Killed at step 6 (resumed from step 5's checkpoint, in the middle of the first cycle) or
     at step 9 (resumed from step 8's, at a merge point: the checkpoint holds the unmerged adapters
     and the resumed run merges first): the same losses and weights as the run never stopped."""
-    import cpt.train.loop as loop
-    from cpt.build import build_run
-    from cpt.recipe import load_recipe
+    import cptkit.train.loop as loop
+    from cptkit.build import build_run
+    from cptkit.recipe import load_recipe
 
     killed_at_step(monkeypatch, die_at, lambda: relora_run(tmp_path, shared, corpora, "cut", header=EVERY_STEP))
     resumed = build_run(load_recipe(tmp_path / "cut" / "small.yaml"), "cut", tmp_path / "cut" / "out", resume=True)
@@ -147,7 +147,7 @@ def test_resume_inside_a_relora_cycle_equals_uninterrupted(whole, tmp_path, shar
     ("merge_every_tokens: 512, targets: []", "all", "relora.targets: List should have at least 1 item"),
 ])
 def test_bad_relora_fields_are_one_line_naming_stage_and_field(tmp_path, shared, relora, trainable, expected):
-    from cpt.errors import RecipeError
+    from cptkit.errors import RecipeError
 
     with pytest.raises(RecipeError) as e:
         small_recipe(tmp_path, shared, f"""
@@ -171,8 +171,8 @@ def test_relora_that_does_not_fit_the_model_stops_before_training(tmp_path, shar
     import subprocess
     import sys
 
-    from cpt.build import build_run
-    from cpt.errors import CptError
+    from cptkit.build import build_run
+    from cptkit.errors import CptError
 
     fields = f"rank: 4, merge_every_tokens: 512, {relora}".replace("rank: 4, merge_every_tokens: 512, rank: 33",
                                                                    "merge_every_tokens: 512, rank: 33")
@@ -183,7 +183,7 @@ def test_relora_that_does_not_fit_the_model_stops_before_training(tmp_path, shar
     assert expected in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "o" / "data").exists() and not (tmp_path / "o" / "checkpoints").exists()
     if relora.startswith("targets: [nope]"):
-        res = subprocess.run([sys.executable, "-m", "cpt.cli", "run", tmp_path / "small.yaml", "--out", tmp_path / "p"],
+        res = subprocess.run([sys.executable, "-m", "cptkit.cli", "run", tmp_path / "small.yaml", "--out", tmp_path / "p"],
                              capture_output=True, text=True)
         assert res.returncode == 2 and expected in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
@@ -193,12 +193,12 @@ def test_init_from_a_checkpoint_inside_a_cycle_starts_from_the_merged_weights(wh
     the LoRA phase) loads the plain model that computes what the adapted one computed."""
     from types import SimpleNamespace
 
-    from cpt.checkpoint.manager import CheckpointManager
-    from cpt.model import relora
+    from cptkit.checkpoint.manager import CheckpointManager
+    from cptkit.model import relora
     from transformers import AutoModelForCausalLM
-    from cpt.model.relora_cfg import ReLoRACfg
-    from cpt.train.relora import load_plain
-    from cpt.train.step import build_optimizer
+    from cptkit.model.relora_cfg import ReLoRACfg
+    from cptkit.train.relora import load_plain
+    from cptkit.train.step import build_optimizer
 
     path = whole.checkpoints.path("step-0000007")
     adapted = AutoModelForCausalLM.from_pretrained(shared / "models" / "stories260K")
@@ -221,7 +221,7 @@ def test_init_from_a_checkpoint_inside_a_cycle_starts_from_the_merged_weights(wh
 
 
 def test_cpt_schedule_writes_the_jagged_lr_and_plan_the_merge_points(tmp_path, shared, capsys):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     small_recipe(tmp_path, shared, STAGES)
     assert main(["schedule", str(tmp_path / "small.yaml"), "--csv", str(tmp_path / "lr.csv")]) == 0
@@ -242,8 +242,8 @@ def test_a_malformed_relora_state_in_a_checkpoint_is_one_line(whole, tmp_path):
     import shutil
     from types import SimpleNamespace
 
-    from cpt.errors import CptError
-    from cpt.train.relora import ReLoRA, load_plain
+    from cptkit.errors import CptError
+    from cptkit.train.relora import ReLoRA, load_plain
 
     bad = tmp_path / "bad"
     shutil.copytree(whole.checkpoints.path("step-0000007"), bad)
@@ -261,8 +261,8 @@ def test_a_malformed_relora_state_in_a_checkpoint_is_one_line(whole, tmp_path):
 def test_relora_points_do_not_pass_the_jag_on_and_strategy4_is_refused(tmp_path, shared):
     """A `@pre-cooldown` inside a re-warm records, and passes on, the schedule's LR (not the
     jagged one); Strategy 4's LR-triggered split and ReLoRA's merges cannot share a stage."""
-    from cpt.errors import RecipeError
-    from cpt.schedules import plan_segments
+    from cptkit.errors import RecipeError
+    from cptkit.schedules import plan_segments
 
     r = small_recipe(tmp_path, shared, """
   - {name: a, tokens: 2560, mix: {stories: 1.0}, schedule: {kind: wsd, lr: 1.0e-3, warmup: 0.1, decay: 0.4},
@@ -278,8 +278,8 @@ def test_relora_points_do_not_pass_the_jag_on_and_strategy4_is_refused(tmp_path,
 
 
 def test_summary_and_report_say_what_the_relora_stage_did(whole, tmp_path):
-    from cpt.report.render import overview_section
-    from cpt.report.summary import build_summary
+    from cptkit.report.render import overview_section
+    from cptkit.report.summary import build_summary
 
     summary = build_summary(whole.recipe, whole.metrics.records(), whole.segments)
     a, b = summary["stages"]

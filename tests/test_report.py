@@ -1,4 +1,4 @@
-"""Behavioural tests for cpt.report: tables from summary.json, report.md and plots."""
+"""Behavioural tests for cptkit.report: tables from summary.json, report.md and plots."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cpt.report import render
-from cpt.report.render import write_report
-from cpt.report.tables import adaptation_rows, forgetting_rows, markdown_table
+from cptkit.report import render
+from cptkit.report.render import write_report
+from cptkit.report.tables import adaptation_rows, forgetting_rows, markdown_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SOURCES = ["stories", "wiki", "math"]
@@ -322,7 +322,7 @@ def test_failed_atomic_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path, m
 def test_importing_report_does_not_import_pyplot():
     # A fresh interpreter: this test process has already imported pyplot.
     src = Path(__file__).resolve().parents[1] / "src"
-    code = "import sys, cpt.report, cpt.report.render; print('matplotlib.pyplot' in sys.modules)"
+    code = "import sys, cptkit.report, cptkit.report.render; print('matplotlib.pyplot' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from cpt.build import claim_out_dir
-from cpt.checkpoint.manager import CheckpointManager
-from cpt.data.buffer import ReplayBuffer
-from cpt.data.shards import Shard, ShardWriter
-from cpt.errors import CptError
-from cpt.recipe import StageCfg
+from cptkit.build import claim_out_dir
+from cptkit.checkpoint.manager import CheckpointManager
+from cptkit.data.buffer import ReplayBuffer
+from cptkit.data.shards import Shard, ShardWriter
+from cptkit.errors import CptError
+from cptkit.recipe import StageCfg
 from conftest import small_recipe
 from test_checkpoint import tiny
-from cpt.train.step import train_step
+from cptkit.train.step import train_step
 
 
 def test_checkpoint_before_the_first_step_does_not_touch_the_optimizer(tmp_path):
@@ -86,7 +86,7 @@ def test_buffer_cut_keeps_eos_and_exact_budget(tmp_path):
 
 def test_source_roles_follow_buffer_add_and_replay(shared, tmp_path):
     """In the issue's example, stage `wiki` adapts to wiki and replays stories (forgetting)."""
-    from cpt.report.summary import source_roles
+    from cptkit.report.summary import source_roles
 
     recipe = small_recipe(tmp_path, shared, """
   - {name: wiki, tokens: 512, mix: {stories: 0.05, wiki: 0.95}, buffer_add: {source: wiki, tokens: 100}}

@@ -57,9 +57,9 @@ def vi_batch(model_dir, n=4, seq=64):
 
 @pytest.mark.parametrize("untie", [False, True])
 def test_rows_get_the_matrix_gradient_and_only_they_hold_optimizer_state(tmp_path, shared, untie):
-    from cpt.model.trainable import set_trainable, train_rows
-    from cpt.recipe import OptimizerCfg
-    from cpt.train.step import build_optimizer, train_step
+    from cptkit.model.trainable import set_trainable, train_rows
+    from cptkit.recipe import OptimizerCfg
+    from cptkit.train.step import build_optimizer, train_step
 
     path = extended_model(shared, tmp_path, untie=untie)
     batch = vi_batch(path)
@@ -99,9 +99,9 @@ def test_rows_get_the_matrix_gradient_and_only_they_hold_optimizer_state(tmp_pat
 
 
 def run_eeve(tmp_path, shared, untie: bool, name: str, extra: str = ""):
-    from cpt.build import build_run
-    from cpt.recipe import load_recipe
-    from cpt.train.loop import train
+    from cptkit.build import build_run
+    from cptkit.recipe import load_recipe
+    from cptkit.train.loop import train
 
     stages, model = 7 if untie else 4, extended_model(shared, tmp_path, untie=untie)
     recipe = vi_recipe(tmp_path, shared, model,
@@ -114,8 +114,8 @@ def run_eeve(tmp_path, shared, untie: bool, name: str, extra: str = ""):
 
 
 def weights_at(run, checkpoint: str, model_dir) -> dict[str, torch.Tensor]:
-    from cpt.checkpoint.manager import CheckpointManager
-    from cpt.train.step import build_optimizer
+    from cptkit.checkpoint.manager import CheckpointManager
+    from cptkit.train.step import build_optimizer
 
     m = load(model_dir)
     CheckpointManager.load(run.checkpoints.path(checkpoint), m, build_optimizer(m, run.recipe.optimizer))
@@ -139,8 +139,8 @@ def test_every_eeve_stage_leaves_what_it_freezes_bit_identical(tmp_path, shared,
     names = [st.name for st in run.recipe.stages]
     assert names == ([f"vi.eeve{k}" for k in range(1, 7)] + ["vi"] if untie else
                      ["vi.eeve1-3", "vi.eeve4-5", "vi.eeve6", "vi"])  # stage 7 keeps the name: `vi@final`
-    from cpt.model.load import new_token_ids
-    from cpt.train.finish import export_model
+    from cptkit.model.load import new_token_ids
+    from cptkit.train.finish import export_model
 
     export_model(run)
     assert new_token_ids(run.out / "model") == NEW  # the export keeps the record: later runs can train new rows
@@ -168,9 +168,9 @@ def test_resume_inside_a_row_stage_equals_uninterrupted(tmp_path, shared, monkey
     """Killed inside a new-rows stage (tied: step 2 of eeve1-3; untied: step 6, inside eeve3, two
     row parameters), resumed from a checkpoint that holds the rows and their moments: the same
     weights as a run never stopped."""
-    import cpt.train.loop as loop
-    from cpt.build import build_run
-    from cpt.recipe import load_recipe
+    import cptkit.train.loop as loop
+    from cptkit.build import build_run
+    from cptkit.recipe import load_recipe
 
     whole, _ = run_eeve(tmp_path, shared, untie, "whole")
     killed_at_step(monkeypatch, die_at, lambda: run_eeve(tmp_path / "cut", shared, untie, "cut", extra="checkpoint: {every_tokens: 256}"))
@@ -191,14 +191,14 @@ def test_row_entries_need_an_extended_model(tmp_path, shared):
         small_recipe(tmp_path, shared, "  - {name: a, tokens: 512, mix: {stories: 1}, trainable: [new_input_rows]}\n")
     with pytest.raises(Exception, match=r"stages\[0\].strategy: `eeve` trains the rows of added tokens"):
         small_recipe(tmp_path, shared, "  - {name: a, tokens: 2048, mix: {stories: 1}, strategy: eeve}\n")
-    p = subprocess.run([sys.executable, "-m", "cpt.cli", "plan", str(tmp_path / "small.yaml")],
+    p = subprocess.run([sys.executable, "-m", "cptkit.cli", "plan", str(tmp_path / "small.yaml")],
                        capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "eeve" in p.stderr
 
 
 def test_eeve_budgets_must_match_its_stages(tmp_path, shared):
-    from cpt.errors import RecipeError
-    from cpt.recipe import load_recipe
+    from cptkit.errors import RecipeError
+    from cptkit.recipe import load_recipe
 
     recipe = vi_recipe(tmp_path, shared, extended_model(shared, tmp_path),
                        "  - {name: vi, tokens: 2560, mix: {vi: 1}, strategy: {name: eeve, tokens: [512, 512, 512]}}")
@@ -216,10 +216,10 @@ def test_rows_stand_in_exactly_for_a_linear_head_with_bias_and_refuse_other_modu
     lm_head); an embedding module with its own forward is refused rather than mis-computed."""
     from transformers import PhiConfig, PhiForCausalLM
 
-    from cpt.errors import CptError
-    from cpt.model.trainable import train_rows
-    from cpt.recipe import OptimizerCfg
-    from cpt.train.step import build_optimizer
+    from cptkit.errors import CptError
+    from cptkit.model.trainable import train_rows
+    from cptkit.recipe import OptimizerCfg
+    from cptkit.train.step import build_optimizer
 
     torch.manual_seed(0)
     model = PhiForCausalLM(PhiConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -246,9 +246,9 @@ def test_rows_stand_in_exactly_for_a_linear_head_with_bias_and_refuse_other_modu
 
 
 def test_an_extended_model_runs_with_its_own_tokenizer(tmp_path, shared):
-    from cpt.build import build_run
-    from cpt.errors import CptError
-    from cpt.recipe import load_recipe
+    from cptkit.build import build_run
+    from cptkit.errors import CptError
+    from cptkit.recipe import load_recipe
 
     path = vi_recipe(tmp_path, shared, extended_model(shared, tmp_path),
                      "  - {name: vi, tokens: 1024, mix: {vi: 1}, trainable: [new_input_rows]}",
@@ -258,7 +258,7 @@ def test_an_extended_model_runs_with_its_own_tokenizer(tmp_path, shared):
 
 
 def test_a_later_stage_starts_from_the_eeve_stage_by_its_name(tmp_path, shared):
-    from cpt.recipe import load_recipe
+    from cptkit.recipe import load_recipe
 
     vi_recipe(tmp_path, shared, extended_model(shared, tmp_path), """
   - {name: vi, tokens: 2048, mix: {vi: 0.9, stories: 0.1}, strategy: eeve, schedule: {kind: constant, lr: 1.0e-3}}
@@ -276,8 +276,8 @@ def test_a_later_stage_starts_from_the_eeve_stage_by_its_name(tmp_path, shared):
     ("{name: vi, tokens: 2048, mix: {vii: 1}, strategy: eeve}", r"^[^;]*stages\[0\].mix.vii: unknown source[^;]*$"),
 ])
 def test_eeve_refuses_what_it_would_override(tmp_path, shared, stage, message):
-    from cpt.errors import RecipeError
-    from cpt.recipe import load_recipe
+    from cptkit.errors import RecipeError
+    from cptkit.recipe import load_recipe
 
     vi_recipe(tmp_path, shared, extended_model(shared, tmp_path), f"  - {stage}")
     with pytest.raises(RecipeError) as e:

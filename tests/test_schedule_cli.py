@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
-from cpt.cli import main
+from cptkit.cli import main
 
 STAGES = """
   - name: pre

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from conftest import small_recipe
-from cpt.schedules import (ConstantSchedule, CooldownSchedule, CosineSchedule, InfiniteSchedule, InverseSqrtSchedule,
+from cptkit.schedules import (ConstantSchedule, CooldownSchedule, CosineSchedule, InfiniteSchedule, InverseSqrtSchedule,
                            LinearSchedule, RewarmSchedule, Segment, WSDSchedule, build_curve, decay_factor,
                            plan_segments, step_lr)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpt.data.shards import Shard, ShardWriter, token_dtype
-from cpt.data.tokenize import carve_validation, prepare_source, tokenizer_fingerprint
-from cpt.errors import CptError
-from cpt.recipe import SourceCfg
+from cptkit.data.shards import Shard, ShardWriter, token_dtype
+from cptkit.data.tokenize import carve_validation, prepare_source, tokenizer_fingerprint
+from cptkit.errors import CptError
+from cptkit.recipe import SourceCfg
 
 MAGIC = b"MMIDIDX\x00\x00"
 DOCS = [[1, 2, 3], [4], [5, 6]]
@@ -140,7 +140,7 @@ def test_index_whose_sizes_do_not_add_up_is_refused(tmp_path, damage):
 
 
 def test_prefix_shard_too_narrow_for_the_tokenizer_is_refused(tmp_path):
-    from cpt.data.tokenize import _existing_shard
+    from cptkit.data.tokenize import _existing_shard
 
     prefix = write_shard(tmp_path / "s", DOCS, np.uint16)
     Path(f"{prefix}.json").write_text('{"tokenizer": {"fingerprint": "abc"}}')

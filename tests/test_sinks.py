@@ -25,8 +25,8 @@ def events(folder):
 
 def test_tensorboard_holds_the_jsonl_values_and_a_resume_purges_the_rest(shared, tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
-    from cpt.build import build_run
-    from cpt.train import loop
+    from cptkit.build import build_run
+    from cptkit.train import loop
 
     def run(name, resume=False):
         (tmp_path / name).mkdir(exist_ok=True)
@@ -55,7 +55,7 @@ def test_tensorboard_holds_the_jsonl_values_and_a_resume_purges_the_rest(shared,
 def test_wandb_chosen_but_not_installed_is_one_line(shared, tmp_path, capsys, monkeypatch):
     import builtins
 
-    from cpt.cli import main
+    from cptkit.cli import main
 
     real = builtins.__import__
 

@@ -1,4 +1,4 @@
-"""Behavioural tests for cpt.data.sources: documents out of text, lines, JSONL and Parquet files."""
+"""Behavioural tests for cptkit.data.sources: documents out of text, lines, JSONL and Parquet files."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cpt.data.sources import iter_documents
-from cpt.errors import CptError
-from cpt.recipe import SourceCfg
+from cptkit.data.sources import iter_documents
+from cptkit.errors import CptError
+from cptkit.recipe import SourceCfg
 
 CHUNK = 1 << 20  # the streaming reader's chunk, in characters (ASCII here, so also bytes)
 

@@ -23,14 +23,14 @@ def recipe(tmp_path, shared):
 
 
 def test_a_sweep_compares_its_runs_and_a_killed_one_finishes_only_what_is_missing(shared, tmp_path, monkeypatch):
-    import cpt.runner
-    from cpt.sweep.run import sweep
+    import cptkit.runner
+    from cptkit.sweep.run import sweep
 
     path, out = recipe(tmp_path, shared), tmp_path / "sweep"
     killed_at_step(monkeypatch, 2 * 4 + 2, lambda: sweep(path, GRID, out))  # inside the third run
     assert [n for n in NAMES if (out / "runs" / n / "summary.json").is_file()] == NAMES[:2]
-    ran, real = [], cpt.runner.run_recipe
-    monkeypatch.setattr(cpt.runner, "run_recipe", lambda p, o, **kw: ran.append(o.name) or real(p, o, **kw))
+    ran, real = [], cptkit.runner.run_recipe
+    monkeypatch.setattr(cptkit.runner, "run_recipe", lambda p, o, **kw: ran.append(o.name) or real(p, o, **kw))
     report = sweep(path, GRID, out)
     assert ran == NAMES[2:]  # the finished runs are skipped
     # each point's recipe holds its values; each run is a normal run folder
@@ -55,7 +55,7 @@ def test_a_sweep_compares_its_runs_and_a_killed_one_finishes_only_what_is_missin
     assert "alpha0=0.25_lr=0.001 *" in report.read_text() or "alpha0=0.25_lr=0.001" not in front
     assert (out / "plots" / "pareto.png").stat().st_size > 0
 
-    from cpt.cli import main
+    from cptkit.cli import main
 
     assert main(["compare", str(out / "runs" / NAMES[0]), str(out / "runs" / NAMES[1]), "--out",
                  str(tmp_path / "cmp")]) == 0
@@ -74,7 +74,7 @@ def test_a_sweep_compares_its_runs_and_a_killed_one_finishes_only_what_is_missin
     ("stages.shift=1", "--grid stages.shift: give a key of the stage after its name, e.g. stages.shift.tokens"),
 ])
 def test_a_bad_grid_is_one_line_and_writes_nothing(shared, tmp_path, capsys, grid, expected):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     path = recipe(tmp_path, shared)
     assert main(["sweep", str(path), "--grid", grid, "--out", str(tmp_path / "sweep")]) == 2
@@ -84,7 +84,7 @@ def test_a_bad_grid_is_one_line_and_writes_nothing(shared, tmp_path, capsys, gri
 
 
 def test_compare_refuses_an_unfinished_run(tmp_path, capsys):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     (tmp_path / "half").mkdir()
     assert main(["compare", str(tmp_path / "half"), "--out", str(tmp_path / "cmp")]) == 2
@@ -92,8 +92,8 @@ def test_compare_refuses_an_unfinished_run(tmp_path, capsys):
 
 
 def test_point_recipes_keep_relative_paths_through_base_dir(shared, tmp_path):
-    from cpt.recipe import load_recipe
-    from cpt.sweep.run import prepare
+    from cptkit.recipe import load_recipe
+    from cptkit.sweep.run import prepare
 
     stories, math = corpus_heads(tmp_path / "data", shared, 150_000, 2_000)
     sources = """  stories: {paths: [data/stories.txt], separator: "<|endoftext|>"}
@@ -110,7 +110,7 @@ def test_point_recipes_keep_relative_paths_through_base_dir(shared, tmp_path):
 
 
 def test_parallel_runs_go_in_their_own_processes(shared, tmp_path):
-    from cpt.sweep.run import sweep
+    from cptkit.sweep.run import sweep
 
     path, out = recipe(tmp_path, shared), tmp_path / "sweep"
     sweep(path, ["stages.shift.tokens=512,768"], out, parallel=2)

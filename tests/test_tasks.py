@@ -39,9 +39,9 @@ CPU = torch.device("cpu")
 
 
 def test_loglikelihood_and_bits_per_byte_equal_the_models_loss(model_and_tokenizer):
-    from cpt.distributed.env import Dist
-    from cpt.eval.scoring import encode_pair, score
-    from cpt.eval.tasks import bits_per_byte
+    from cptkit.distributed.env import Dist
+    from cptkit.eval.scoring import encode_pair, score
+    from cptkit.eval.tasks import bits_per_byte
 
     model, tok = model_and_tokenizer
     ctx, cont = encode_pair(tok, "Once upon a time there was a little ", "girl named Lily")
@@ -62,8 +62,8 @@ def test_loglikelihood_and_bits_per_byte_equal_the_models_loss(model_and_tokeniz
 
 def test_batches_and_ranks_score_as_one_at_a_time(model_and_tokenizer, monkeypatch):
     """Padding on the right changes no score; two ranks' shares add up to one process's scores."""
-    from cpt.distributed.env import Dist
-    from cpt.eval.scoring import encode_pair, score
+    from cptkit.distributed.env import Dist
+    from cptkit.eval.scoring import encode_pair, score
 
     model, tok = model_and_tokenizer
     words = "The cat sat on the mat and then it ran to the big red ball in the park".split()
@@ -82,7 +82,7 @@ def test_batches_and_ranks_score_as_one_at_a_time(model_and_tokenizer, monkeypat
 
 
 def test_gsm8k_answers_are_extracted_and_the_prompt_fits():
-    from cpt.eval.generate import extract, gold, prompt_ids
+    from cptkit.eval.generate import extract, gold, prompt_ids
 
     assert gold("48/2 = 24\n#### 1,072") == "1072" and gold("no marker") is None
     assert extract("so 3+4 = 7.\n#### $72.") == ("72", "72")
@@ -106,8 +106,8 @@ def test_lm_eval_harness_agrees_with_our_scores(shared, tmp_path, model_and_toke
     model): cloze and choice accuracy within half a point, bits per byte within 0.1%, and the same
     few-shot exact match."""
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install lm_eval)")
-    from cpt.distributed.env import Dist
-    from cpt.eval.tasks import TaskCfg, load_items, run_task
+    from cptkit.distributed.env import Dist
+    from cptkit.eval.tasks import TaskCfg, load_items, run_task
     import contextlib
 
     model, tok = model_and_tokenizer
@@ -130,7 +130,7 @@ def test_lm_eval_harness_agrees_with_our_scores(shared, tmp_path, model_and_toke
 
 
 def test_tasks_are_scored_at_the_base_and_each_stage(shared, tmp_path):
-    from cpt.runner import run_recipe
+    from cptkit.runner import run_recipe
 
     stories_tasks(shared, tmp_path)
     header = (f"validation: {{tokens_per_source: 256}}\neval: {{every_tokens: 256, tasks: every}}\nevals:\n  cloze: {{kind: cloze, path: {tmp_path}/cloze.jsonl}}\n"
@@ -160,7 +160,7 @@ def test_tasks_are_scored_at_the_base_and_each_stage(shared, tmp_path):
     ('[1, 2]', "evals.t: {path}:2: expected a JSON object"),
 ])
 def test_bad_task_file_is_one_line(shared, tmp_path, capsys, line, expected):
-    from cpt.cli import main
+    from cptkit.cli import main
 
     path = tmp_path / "t.jsonl"
     path.write_text('{"context": "a", "continuation": " b"}\n' + line + "\n")
@@ -175,8 +175,8 @@ def test_bad_task_file_is_one_line(shared, tmp_path, capsys, line, expected):
 
 
 def test_a_choice_answer_out_of_range_is_refused(tmp_path):
-    from cpt.errors import CptError
-    from cpt.eval.tasks import TaskCfg, load_items
+    from cptkit.errors import CptError
+    from cptkit.eval.tasks import TaskCfg, load_items
 
     path = tmp_path / "c.jsonl"
     path.write_text('{"question": "q", "choices": ["a", "b"], "answer": 2}\n')
@@ -187,9 +187,9 @@ def test_a_choice_answer_out_of_range_is_refused(tmp_path):
 def test_lm_eval_missing_or_under_ranks_is_refused(shared, tmp_path, monkeypatch):
     import importlib.util
 
-    from cpt.errors import CptError
-    from cpt.eval.harness import check_harness
-    from cpt.recipe import load_recipe
+    from cptkit.errors import CptError
+    from cptkit.eval.harness import check_harness
+    from cptkit.recipe import load_recipe
 
     stories_tasks(shared, tmp_path)
     small_recipe(tmp_path, shared, "  - {name: a, tokens: 256, mix: {stories: 1.0}}\n",
@@ -206,7 +206,7 @@ def test_lm_eval_missing_or_under_ranks_is_refused(shared, tmp_path, monkeypatch
 def test_generate_options_belong_to_generate(tmp_path):
     from pydantic import ValidationError
 
-    from cpt.eval.tasks import TaskCfg
+    from cptkit.eval.tasks import TaskCfg
 
     with pytest.raises(ValidationError, match="`shots` and `max_new_tokens` are for kind: generate, not cloze"):
         TaskCfg(kind="cloze", path=tmp_path, shots=3)
@@ -218,8 +218,8 @@ def test_generate_options_belong_to_generate(tmp_path):
     ('{"question": "q", "answer": "no number"}', "g.jsonl:1: `answer` does not end in `#### <number>`"),
 ])
 def test_generate_items_and_window_are_checked(tmp_path, line, expected):
-    from cpt.errors import CptError
-    from cpt.eval.tasks import TaskCfg, load_items
+    from cptkit.errors import CptError
+    from cptkit.eval.tasks import TaskCfg, load_items
 
     path = tmp_path / "g.jsonl"
     path.write_text(line + "\n" + line + "\n")

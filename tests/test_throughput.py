@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cpt.train.throughput import Throughput, device_peak_tflops, flops_per_token
+from cptkit.train.throughput import Throughput, device_peak_tflops, flops_per_token
 
 
 def test_flops_per_token_counts_non_embedding_parameters_and_attention():

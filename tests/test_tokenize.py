@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cpt.data.encode as encode
-import cpt.data.tokenize as tokenize_mod
-from cpt.cli import main
-from cpt.data.shards import Shard
+import cptkit.data.encode as encode
+import cptkit.data.tokenize as tokenize_mod
+from cptkit.cli import main
+from cptkit.data.shards import Shard
 
 DOCS = 300  # a slice of the shared TinyStories keeps the tests quick
 
 
 @pytest.fixture(scope="module")
 def gpt2(shared):
-    from cpt.model.load import load_tokenizer
+    from cptkit.model.load import load_tokenizer
 
     return load_tokenizer(shared / "tokenizers" / "gpt2")
 
@@ -147,7 +147,7 @@ def test_hugging_face_dataset_folders(tmp_path, gpt2, shared, capsys):
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cpt.cli", "tokenize", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "cptkit.cli", "tokenize", *map(str, args)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 

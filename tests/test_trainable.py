@@ -9,8 +9,8 @@ from conftest import killed_at_step, small_recipe
 
 
 def train_recipe(tmp_path, shared, stages: str, name: str):
-    from cpt.build import build_run
-    from cpt.train.loop import train
+    from cptkit.build import build_run
+    from cptkit.train.loop import train
 
     recipe = small_recipe(tmp_path, shared, stages, header="validation: {tokens_per_source: 512}",
                           optimizer="{lr: 1.0e-3, weight_decay: 0.1}")
@@ -27,8 +27,8 @@ def steps(run, param_name: str) -> int:
 def test_frozen_parameters_are_bit_identical(tmp_path, shared):
     from transformers import AutoModelForCausalLM
 
-    from cpt.checkpoint.manager import CheckpointManager
-    from cpt.train.step import build_optimizer
+    from cptkit.checkpoint.manager import CheckpointManager
+    from cptkit.train.step import build_optimizer
 
     run = train_recipe(tmp_path, shared, """
   - {name: a, tokens: 2560, mix: {stories: 1}}
@@ -60,8 +60,8 @@ def test_optimizer_state_policies(tmp_path, shared, policy, layer, norm):
 def test_resume_inside_a_frozen_stage_equals_uninterrupted(tmp_path, shared, monkeypatch):
     """Killed in the middle of the norms-only stage, resumed: the same weights and moments as a run
     that was never stopped (the frozen layers' moments from stage a survive the checkpoint)."""
-    import cpt.train.loop as loop
-    from cpt.build import build_run
+    import cptkit.train.loop as loop
+    from cptkit.build import build_run
 
     stages = """
   - {name: a, tokens: 1024, mix: {stories: 1}}

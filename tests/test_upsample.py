@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cpt.data.mixture import StageMixture
-from cpt.data.packing import PackedStream
-from cpt.data.prepare import RunData
-from cpt.data.shards import Shard, ShardWriter
-from cpt.data.tokenize import _parsing_options
-from cpt.recipe import SourceCfg, load_recipe
+from cptkit.data.mixture import StageMixture
+from cptkit.data.packing import PackedStream
+from cptkit.data.prepare import RunData
+from cptkit.data.shards import Shard, ShardWriter
+from cptkit.data.tokenize import _parsing_options
+from cptkit.recipe import SourceCfg, load_recipe
 import test_recipe
 from test_recipe import changed, error_of, write
 

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from cpt.cli import main
-from cpt.model.upscale import parse_layers, solar_layers
+from cptkit.cli import main
+from cptkit.model.upscale import parse_layers, solar_layers
 
 
 def test_solar_and_explicit_layer_lists():
@@ -81,11 +81,11 @@ def test_upscale_as_a_stage_equals_the_cli_resumes_and_exports(shared, tmp_path,
     from transformers import AutoModelForCausalLM
 
     from conftest import killed_at_step, small_recipe
-    from cpt.build import build_run
-    from cpt.eval.validation import evaluate
-    from cpt.model.upscale import upscale_model
-    from cpt.train import loop
-    from cpt.train.finish import finish
+    from cptkit.build import build_run
+    from cptkit.eval.validation import evaluate
+    from cptkit.model.upscale import upscale_model
+    from cptkit.train import loop
+    from cptkit.train.finish import finish
 
     header = "validation: {tokens_per_source: 512}\ncheckpoint: {every_tokens: 256}"
 
@@ -136,7 +136,7 @@ def test_upscale_as_a_stage_equals_the_cli_resumes_and_exports(shared, tmp_path,
 ])
 def test_bad_upscale_stage_is_one_line(shared, tmp_path, capsys, stages, expected):
     from conftest import small_recipe
-    from cpt.errors import RecipeError
+    from cptkit.errors import RecipeError
 
     with pytest.raises(RecipeError) as e:
         small_recipe(tmp_path, shared, stages)
@@ -144,8 +144,8 @@ def test_bad_upscale_stage_is_one_line(shared, tmp_path, capsys, stages, expecte
 
 
 def test_upscale_refuses_layers_that_are_not_a_plain_list():
-    from cpt.errors import CptError
-    from cpt.model.upscale import upscale_model
+    from cptkit.errors import CptError
+    from cptkit.model.upscale import upscale_model
 
     mixed = torch.nn.Module()
     mixed.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.ReLU()])

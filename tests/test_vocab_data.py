@@ -13,10 +13,10 @@ from conftest import STORIES, hand_extended_tokenizer
 def test_an_extended_tokenizer_gets_its_own_shards(tmp_path, shared):
     from transformers import AutoTokenizer
 
-    from cpt.data.shards import Shard
-    from cpt.data.tokenize import prepare_source
-    from cpt.errors import CptError
-    from cpt.recipe import SourceCfg
+    from cptkit.data.shards import Shard
+    from cptkit.data.tokenize import prepare_source
+    from cptkit.errors import CptError
+    from cptkit.recipe import SourceCfg
 
     texts = [json.loads(line)["text"] for line, _ in zip(open(shared / "corpora/vi/viwiki.jsonl", encoding="utf-8"), range(5))]
     corpus = tmp_path / "vi.jsonl"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cpt.cli import main
-from cpt.vocab.bpe import learn_merges, missing_characters
+from cptkit.cli import main
+from cptkit.vocab.bpe import learn_merges, missing_characters
 
 TRAIN_DOCS = 300  # of viwiki's 677; the held-out documents are the last 77
 HELD_OUT = 600
@@ -90,7 +90,7 @@ def test_missing_characters_by_frequency_and_coverage():
 # ---- real tokenizers -----------------------------------------------------------------------------
 
 def _docs(path: Path, **kw) -> list[str]:
-    from cpt.vocab.extend import reader
+    from cptkit.vocab.extend import reader
 
     return list(reader(**kw)(path))
 

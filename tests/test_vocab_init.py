@@ -64,7 +64,7 @@ def test_tied_stays_tied_and_old_token_logits_are_the_original(tmp_path, shared)
 
 @pytest.mark.parametrize("method", ["random", "multivariate"])
 def test_random_inits_follow_the_old_rows_statistics(tmp_path, shared, method):
-    from cpt.vocab.init import init_rows
+    from cptkit.vocab.init import init_rows
 
     old = load(STORIES).get_input_embeddings().weight.detach()
     gen = torch.Generator().manual_seed(0)
@@ -85,8 +85,8 @@ def test_random_inits_follow_the_old_rows_statistics(tmp_path, shared, method):
 
 
 def test_bad_input_is_refused_and_leaves_nothing(tmp_path, shared):
-    from cpt.errors import CptError
-    from cpt.vocab.init import init_model
+    from cptkit.errors import CptError
+    from cptkit.vocab.init import init_model
 
     tok = hand_extended_tokenizer(shared, tmp_path / "tok")
     with pytest.raises(CptError, match="--output-init: this model ties"):
@@ -111,7 +111,7 @@ def test_extend_init_and_plan_eeve_from_the_command_line(tmp_path, shared, capsy
     """The README's path: cpt vocab extend -> cpt vocab init -> a recipe with strategy: eeve."""
     import json
 
-    from cpt.cli import main
+    from cptkit.cli import main
 
     lines = open(shared / "corpora/vi/viwiki.jsonl", encoding="utf-8").readlines()[:120]
     (tmp_path / "vi.jsonl").write_text("".join(lines), encoding="utf-8")
@@ -148,7 +148,7 @@ def test_init_bad_flags_exit_2_on_one_line(tmp_path, shared, args, message):
 
     tok = hand_extended_tokenizer(shared, tmp_path / "tok")
     before = {f.name: f.read_bytes() for f in tok.iterdir()}
-    p = subprocess.run([sys.executable, "-m", "cpt.cli", "vocab", "init", "--model", str(STORIES), "--tokenizer",
+    p = subprocess.run([sys.executable, "-m", "cptkit.cli", "vocab", "init", "--model", str(STORIES), "--tokenizer",
                         str(tok), "--out", str(tmp_path / "out"), *args], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and message in p.stderr, p.stderr
     assert not (tmp_path / "out").exists() and {f.name: f.read_bytes() for f in tok.iterdir()} == before
@@ -159,8 +159,8 @@ def test_pieces_spell_each_new_token_byte_level_and_added(tmp_path, shared):
     text): each new token's pieces under the old tokenizer decode to exactly the new token."""
     from tokenizers import Tokenizer
 
-    from cpt.vocab.extend import extend, reader
-    from cpt.vocab.init import new_token_pieces
+    from cptkit.vocab.extend import extend, reader
+    from cptkit.vocab.init import new_token_pieces
 
     lines = open(shared / "corpora/vi/viwiki.jsonl", encoding="utf-8").readlines()[:40]
     (tmp_path / "vi.jsonl").write_text("".join(lines), encoding="utf-8")
@@ -180,7 +180,7 @@ def test_pieces_spell_each_new_token_byte_level_and_added(tmp_path, shared):
 
 
 def test_padding_rows_are_reproducible(tmp_path, shared):
-    from cpt.vocab.init import init_model
+    from cptkit.vocab.init import init_model
 
     tok = hand_extended_tokenizer(shared, tmp_path / "tok")
     a = init_model(STORIES, tok, tmp_path / "a", pad_to_multiple_of=64, seed=3)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import STORIES, hand_extended_tokenizer
-from cpt.cli import main
-from cpt.vocab.bpe import learn_merges, missing_characters
-from cpt.vocab.pieces import PieceRules, byte_level_allows
+from cptkit.cli import main
+from cptkit.vocab.bpe import learn_merges, missing_characters
+from cptkit.vocab.pieces import PieceRules, byte_level_allows
 
 # Llama-2's trainer_spec (its tokenizer.model), as far as it decides which pieces may exist.
 LLAMA2_SPEC = dict(model_type="bpe", byte_fallback=True, split_digits=True, split_by_unicode_script=True,
@@ -34,7 +34,7 @@ TRAIN_DOCS, HELD_OUT = 300, 600
 
 
 def _read(path: Path, **kw) -> list[str]:
-    from cpt.vocab.extend import reader
+    from cptkit.vocab.extend import reader
 
     return list(reader(**kw)(path))
 
@@ -194,7 +194,7 @@ def _copy_tokenizer(src: Path, dst: Path, with_model: bool = True) -> Path:
 def test_trainer_spec_is_read_from_tokenizer_model(shared, tmp_path):
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    from cpt.vocab.extend import extend, load_base, reader
+    from cptkit.vocab.extend import extend, load_base, reader
 
     proto = pb.ModelProto()
     proto.ParseFromString((STORIES / "tokenizer.model").read_bytes())

@@ -39,4 +39,4 @@ mpiexec -n "$NNODES" --ppn 1 --depth 64 --cpu-bind depth \
   python -m torch.distributed.run \
     --nnodes "$NNODES" --nproc-per-node "$GPUS_PER_NODE" \
     --rdzv-id "${PBS_JOBID:-cpt}" --rdzv-backend c10d --rdzv-endpoint "$HEAD:$PORT" \
-    -m cpt run "$RECIPE" --out "$OUT" --resume
+    -m cptkit run "$RECIPE" --out "$OUT" --resume

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cpt.report.tables import markdown_table
+from cptkit.report.tables import markdown_table
 
 PLOT = "position_loss.png"
 

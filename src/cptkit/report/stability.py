@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cpt.report.tables import markdown_table
+from cptkit.report.tables import markdown_table
 
 PLOT = "stability_gap.png"
 

@@ -1,4 +1,4 @@
-"""`cpt run --nproc N`: torchrun on this machine, N ranks running `python -m cpt run`."""
+"""`cpt run --nproc N`: torchrun on this machine, N ranks running `python -m cptkit run`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def launch(recipe: Path, out: Path, resume: bool, nproc: int, peak_tflops: float
     if loaded.device == "cuda":
         check_gpus(nproc, "--nproc")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "cpt", "run", str(recipe), "--out", str(out), *(["--resume"] if resume else []),
+           "-m", "cptkit", "run", str(recipe), "--out", str(out), *(["--resume"] if resume else []),
            *(["--peak-tflops", str(peak_tflops)] if peak_tflops is not None else [])]
     # two CPU ranks sharing cores slow each other down many times unless each keeps to one thread
     env = {"OMP_NUM_THREADS": "1", **os.environ}

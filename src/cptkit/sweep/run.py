@@ -162,7 +162,7 @@ def _run_all(out: Path, names: list[str], parallel: int, gpus: list[str]) -> lis
                 env["CUDA_VISIBLE_DEVICES"] = gpus[slot]
             else:  # CPU runs share the cores
                 env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
-            cmd = [sys.executable, "-m", "cpt", "run", str(out / "recipes" / f"{name}.yaml"), "--out", str(run_dir)]
+            cmd = [sys.executable, "-m", "cptkit", "run", str(out / "recipes" / f"{name}.yaml"), "--out", str(run_dir)]
             with open(out / "logs" / f"{name}.log", "a", encoding="utf-8") as log:
                 code = subprocess.run(cmd + (["--resume"] if run_dir.exists() else []), env=env, stdout=log,
                                       stderr=subprocess.STDOUT).returncode

@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
-from cpt.config import RecipeLoader
-from cpt.ladder import describe, ladders
-from cpt.report.stability import stage_panel
-from cpt.report.tables import markdown_table
-from cpt.train.attempts import read_attempts
+from cptkit.config import RecipeLoader
+from cptkit.ladder import describe, ladders
+from cptkit.report.stability import stage_panel
+from cptkit.report.tables import markdown_table
+from cptkit.train.attempts import read_attempts
 
 PLOT = "guard_attempts.png"
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cpt.report.tables import (
+from cptkit.report.tables import (
     ADAPTATION_COLUMNS,
     FORGETTING_COLUMNS,
     adaptation_rows,
@@ -27,10 +27,10 @@ from cpt.report.tables import (
     markdown_table,
 )
 
-from cpt.report.positions import PLOT as POSITION_PLOT, passkey_section, plot_positions, position_section
-from cpt.report.attempts import PLOT as ATTEMPTS_PLOT, attempts_section, plot_attempts
-from cpt.report.stability import PLOT as STABILITY_PLOT, plot_stability, stability_section
-from cpt.report.tasks import PLOT as TASKS_PLOT, plot_tasks, tasks_section
+from cptkit.report.positions import PLOT as POSITION_PLOT, passkey_section, plot_positions, position_section
+from cptkit.report.attempts import PLOT as ATTEMPTS_PLOT, attempts_section, plot_attempts
+from cptkit.report.stability import PLOT as STABILITY_PLOT, plot_stability, stability_section
+from cptkit.report.tasks import PLOT as TASKS_PLOT, plot_tasks, tasks_section
 
 PLOTS_DIR = "plots"
 PLOT_FILES = {"val_loss": "val_loss.png", "lr": "lr.png", "train_loss": "train_loss.png"}

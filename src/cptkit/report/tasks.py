@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cpt.eval.tasks import main_score
-from cpt.report.tables import markdown_table
+from cptkit.eval.tasks import main_score
+from cptkit.report.tables import markdown_table
 
 PLOT = "tasks.png"
 

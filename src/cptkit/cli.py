@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import __version__
 from .data import mixlists, tokenize_cli
 from . import passkey_cli, plan_cli, schedule_cli, upscale_cli
 from .sweep import cli as sweep_cli
@@ -29,6 +30,7 @@ checkpoint: 5% replay, a D0/D2/buffer mix, and a cooldown with a mix. Prints whe
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cpt", description="Continual pre-training of language models.")
+    p.add_argument("--version", action="version", version=f"cpt {__version__} (cptkit)")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a multi-stage CPT recipe", description=RUN_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a 5-minute self-contained demo on CPU", description=DEMO_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    demo.add_argument("--scale", type=float, default=1.0, help="a share of the demo's data and steps (0.05: a "
+                      "30-second smoke test, as the install check runs it)")
     plan_cli.add_parser(sub)
     schedule_cli.add_parser(sub)
     tokenize_cli.add_parser(sub)
@@ -69,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from .demo.run import run_demo
 
-            run_demo(args.out)
+            if not 0 < args.scale <= 1:
+                raise CptError(f"--scale: {args.scale}; give a share in (0, 1]")
+            run_demo(args.out, args.scale)
         else:
             return {"plan": plan_cli, "schedule": schedule_cli, "tokenize": tokenize_cli, "mix": mixlists,
                     "vocab": vocab_cli, "upscale": upscale_cli, "passkey": passkey_cli, "sweep": sweep_cli,

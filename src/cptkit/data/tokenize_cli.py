@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import CptError
 from ..recipe import SourceCfg
+from .parts import parse_part, size, split, write_list
 from .sources import check_source
 from .tokenize import input_record, complete_meta, content_key, tokenize_source, tokenizer_fingerprint
 
@@ -24,15 +25,26 @@ Documents are encoded by --workers processes, in order, with bounded memory. Pro
 every few seconds under temporary names: an interrupted run leaves no PREFIX.bin/.idx, and running
 the same command again continues where it stopped. Rerunning a finished command does nothing.
 
-Example: cpt tokenize --tokenizer models/smollm2 --output shards/wiki --workers 8 wiki/*.jsonl"""
+Example: cpt tokenize --tokenizer models/smollm2 --output shards/wiki --workers 8 wiki/*.jsonl
+
+More than one machine: --part I/N tokenizes the I-th of N parts of the files (balanced by bytes,
+the same on every machine given the same files), one shard per array task; then
+--list OUT.txt PREFIX... writes the data-file list that joins the shards, weighted by tokens:
+  cpt tokenize --tokenizer T --output shards/web-$I --part $I/16 web/*.jsonl      # task I of 16
+  cpt tokenize --list lists/web.txt shards/web-*                                  # once, at the end"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("tokenize", help="tokenize files into a Megatron .bin/.idx shard", description=HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="input files (or dataset folders for hf)")
-    p.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="Hugging Face tokenizer folder")
-    p.add_argument("--output", type=Path, required=True, metavar="PREFIX", help="writes PREFIX.bin, .idx, .json")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                   help="input files (or dataset folders for hf); with --list, the shards' prefixes")
+    p.add_argument("--tokenizer", type=Path, metavar="DIR", help="Hugging Face tokenizer folder")
+    p.add_argument("--output", type=Path, metavar="PREFIX", help="writes PREFIX.bin, .idx, .json")
+    p.add_argument("--part", metavar="I/N", help="tokenize only the I-th of N parts of the files (1 <= I <= N)")
+    p.add_argument("--list", type=Path, metavar="OUT.txt",
+                   help="write a data-file list joining the shards given as FILE..., weighted by tokens (no tokenizing)")
+    p.add_argument("--corpus", help="--list: the corpus column (default: OUT's name)")
     p.add_argument("--format", choices=["text", "lines", "jsonl", "parquet", "hf"],
                    help="input format (default: from the file extensions; folders are hf datasets)")
     p.add_argument("--separator", help="text format: the string between documents (default: a blank line)")
@@ -48,8 +60,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    if args.list is not None:  # join shards, tokenize nothing
+        entries = write_list(args.list.expanduser(), [f.expanduser() for f in args.files], args.corpus)
+        print(f"{args.list}: {len(entries)} shard(s), weighted by tokens")
+        return 0
+    for flag, value in (("--tokenizer", args.tokenizer), ("--output", args.output)):
+        if value is None:
+            raise CptError(f"{flag} is required (or --list OUT.txt to join shards)")
     if args.workers < 1:
         raise CptError(f"--workers: {args.workers}; give 1 or more")
+    if args.part is not None:
+        i, n = parse_part(args.part)
+        args.files = split([f.expanduser() for f in args.files], n)[i - 1]
+        print(f"part {i}/{n}: {len(args.files)} file(s), {sum(size(f) for f in args.files) / 1e6:.1f} MB")
     if args.output.expanduser().is_dir():
         raise CptError(f"--output {args.output}: is a folder; give a prefix such as {args.output / 'NAME'} "
                        "(cpt writes PREFIX.bin, PREFIX.idx and PREFIX.json)")

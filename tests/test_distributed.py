@@ -183,7 +183,7 @@ def killed(n: int, recipe: Path, out: Path, after: str) -> None:
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)] if n > 1 else [sys.executable]
     proc = subprocess.Popen([*launch, "-m", "cptkit", "run", str(recipe), "--out", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    pattern = f"cpt run {recipe} --out {out}"  # torchrun's workers run in sessions of their own
+    pattern = f"cptkit run {recipe} --out {out}"  # torchrun's workers run in sessions of their own
     try:
         deadline = time.time() + 300
         while not (out / "checkpoints" / after).exists() and proc.poll() is None and time.time() < deadline:

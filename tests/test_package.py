@@ -39,7 +39,7 @@ def test_wheel_and_sdist_install_into_a_fresh_venv_and_run_the_demo(tmp_path):
 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", venv])
-    pip = [venv / "bin" / "python", "-m", "pip", "install", "-q"]
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-compile"]  # bytecode: as imported
     run([*pip, "torch==2.13.0"])  # the CPU build first: the package's torch range then pulls nothing more
     run([*pip, sdist])
     assert run([venv / "bin" / "cpt", "--version"]).strip() == f"cpt {__version__} (cptkit)"

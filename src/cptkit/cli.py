@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a 5-minute self-contained demo on CPU", description=DEMO_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
-    demo.add_argument("--scale", type=float, default=1.0, help="a share of the demo's data and steps (0.05: a "
-                      "30-second smoke test, as the install check runs it)")
+    demo.add_argument("--scale", type=float, default=1.0, help="a share of the demo's data and steps, down to "
+                      "0.05 (a 30-second smoke test, as the install check runs it)")
     plan_cli.add_parser(sub)
     schedule_cli.add_parser(sub)
     tokenize_cli.add_parser(sub)
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from .demo.run import run_demo
 
-            if not 0 < args.scale <= 1:
-                raise CptError(f"--scale: {args.scale}; give a share in (0, 1]")
+            if not 0.05 <= args.scale <= 1:  # smaller: stages shorter than one step
+                raise CptError(f"--scale: {args.scale}; give a share from 0.05 to 1")
             run_demo(args.out, args.scale)
         else:
             return {"plan": plan_cli, "schedule": schedule_cli, "tokenize": tokenize_cli, "mix": mixlists,

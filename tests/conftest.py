@@ -124,3 +124,34 @@ def fake_checkpoint(folder: Path, meta: str = "{}", state: bool = True) -> Path:
     if state:
         write_manifest(folder)
     return folder
+
+
+_PACKAGE: dict = {}  # the background install of tests/test_package.py, started once the test is collected
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Start the package test's install (a minute of pip) in the background as the session starts,
+    when that test will run, so the rest of the suite does not wait for it."""
+    import importlib.util
+    import tempfile
+
+    if importlib.util.find_spec("build") is None or not any(i.nodeid.startswith("tests/test_package.py")
+                                                            for i in items if i.get_closest_marker("slow")):
+        return
+    from test_package import start_install
+
+    folder = Path(tempfile.mkdtemp(prefix="cpt-package-"))
+    _PACKAGE["run"] = (start_install(folder), folder)
+
+
+@pytest.fixture(scope="session")
+def package_install():
+    if "run" not in _PACKAGE:
+        pytest.skip("the `build` package is not installed (pip install build)")
+    proc, folder = _PACKAGE["run"]
+    yield proc, folder
+    if proc.poll() is None:
+        proc.kill()
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)

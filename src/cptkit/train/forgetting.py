@@ -16,6 +16,7 @@ import math
 from ..eval.validation import evaluate
 from ..eval.tasks import main_score
 from .hooks import Hook
+from .stages import crossed
 
 
 class GuardFailed(Exception):
@@ -50,7 +51,7 @@ class ForgettingGuard(Hook):
         batch, total = run.recipe.stage_batch(stage.cfg), g.stage_tokens
         t = run.state.tokens - self.start_tokens  # tokens the written stage has trained on so far
         every = g.every_tokens or max(batch, total // 20)
-        if t > 0 and t // every != (t - batch) // every:
+        if t > 0 and crossed(t, batch, every):
             self._check(run, stage, self._loss(run, g.source), t, total)
 
     def on_stage_end(self, run, stage) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..eval.validation import evaluate
 from .hooks import Hook
+from .stages import crossed
 from .monitor_cfg import MonitorCfg
 
 
@@ -25,7 +26,7 @@ class StabilityMonitor(Hook):
         batch = run.recipe.stage_batch(stage.cfg)
         t = run.state.stage_step * batch  # tokens this stage has trained on so far
         every = self.cfg.every_tokens
-        if not 0 < t <= self.cfg.first_fraction * stage.steps * batch or t // every == (t - batch) // every:
+        if not 0 < t <= self.cfg.first_fraction * stage.steps * batch or not crossed(t, batch, every):
             return
         names = self.cfg.sources or list(run.validation)
         losses = evaluate(run.model, {n: run.validation[n] for n in names}, run.recipe.micro_batch, run.device,

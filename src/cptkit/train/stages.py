@@ -219,13 +219,13 @@ def after_step(run, stage: Stage, result: StepResult, lr: float, seconds: float,
                        "tokens_per_s": batch_tokens / max(seconds, 1e-9), **({"skipped": True} if result.skipped else {}),
                        "perf": run.throughput.record(batch_tokens, seconds, waited, run.device)})  # wall clock
     last = s.stage_step == stage.steps
-    if r.eval.every_tokens and _crossed(s.tokens, batch_tokens, r.eval.every_tokens) and not last:
+    if r.eval.every_tokens and crossed(s.tokens, batch_tokens, r.eval.every_tokens) and not last:
         run_eval(run, stage, "periodic")
     t = s.stage_step * batch_tokens
     at = stage.segment.base_lr(t)  # the schedule's LR, which a stage starting here inherits (no ReLoRA jag)
     if t == stage.segment.decay_start:
         save_checkpoint(run, stage, f"{stage.name}@pre-cooldown", at, t)
-    elif r.checkpoint.every_tokens and _crossed(s.tokens, batch_tokens, r.checkpoint.every_tokens) and not last:
+    elif r.checkpoint.every_tokens and crossed(s.tokens, batch_tokens, r.checkpoint.every_tokens) and not last:
         save_checkpoint(run, stage, f"step-{s.global_step:07d}", at, t)
 
 
@@ -256,6 +256,6 @@ def carry_cursors(run, cursors: dict[str, int], from_len: int, to_len: int) -> d
     return {name: carry(n, run.data.stream(name, from_len).epoch_tokens, from_len, to_len) for name, n in cursors.items()}
 
 
-def _crossed(tokens: int, step_tokens: int, every: int) -> bool:
+def crossed(tokens: int, step_tokens: int, every: int) -> bool:
     """Did the last step carry the cumulative token count across a multiple of `every`?"""
     return tokens // every > (tokens - step_tokens) // every

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import mixlists, tokenize_cli
+from .export import cli as export_cli
 from . import passkey_cli, plan_cli, schedule_cli, upscale_cli
 from .sweep import cli as sweep_cli
 from .vocab import cli as vocab_cli
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     upscale_cli.add_parser(sub)
     passkey_cli.add_parser(sub)
     sweep_cli.add_parsers(sub)
+    export_cli.add_parser(sub)
     return p
 
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             return {"plan": plan_cli, "schedule": schedule_cli, "tokenize": tokenize_cli, "mix": mixlists,
                     "vocab": vocab_cli, "upscale": upscale_cli, "passkey": passkey_cli, "sweep": sweep_cli,
-                    "compare": sweep_cli}[args.command].run(args)
+                    "compare": sweep_cli, "export": export_cli}[args.command].run(args)
     except CptError as e:
         print("cpt: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, always
         return 2

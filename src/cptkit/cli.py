@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
 from .data import mixlists, tokenize_cli
+from .data.lists import TRUST_ENV
 from .export import cli as export_cli
 from . import passkey_cli, plan_cli, schedule_cli, upscale_cli
 from .sweep import cli as sweep_cli
@@ -29,6 +31,10 @@ scratch (stage 1, WSD schedule), then runs the cookbook's transitions from stage
 checkpoint: 5% replay, a D0/D2/buffer mix, and a cooldown with a mix. Prints where the report is."""
 
 
+TRUST_HELP = ("take the shards of `list:` sources that carry no record of their tokenizer as the recipe "
+              "tokenizer's (or declare tokenizer_fingerprint: on the source)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cpt", description="Continual pre-training of language models.")
     p.add_argument("--version", action="version", version=f"cpt {__version__} (cptkit)")
@@ -40,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     run.add_argument("--nproc", type=int, default=1, metavar="N",
                      help="train on N processes of this machine (launches torchrun; one per GPU, or CPU ranks)")
+    run.add_argument("--trust-shards", action="store_true", help=TRUST_HELP)
     run.add_argument("--peak-tflops", type=float, default=None, metavar="T",
                      help="the device's dense bf16 peak in TFLOP/s, for MFU (known GPUs are looked up)")
     demo = sub.add_parser("demo", help="a 5-minute self-contained demo on CPU", description=DEMO_HELP,
@@ -61,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "trust_shards", False):  # read where the shards are opened, by every rank and sweep run
+        os.environ[TRUST_ENV] = "1"
     try:
         if args.command == "run" and args.nproc != 1:
             from .distributed.launch import launch

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.packing import PackedStream
+from .data.lists import open_list
 from .data.shards import Shard
 from .data.sources import file_documents
 from .data.tokenize import (_existing_shard, carve_validation, complete_meta, content_key, input_record,
@@ -34,6 +35,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", type=Path, help="recipe YAML file")
     p.add_argument("--out", type=Path, help="a run folder whose shards/ already hold the tokenized sources")
+    p.add_argument("--trust-shards", action="store_true",
+                   help="take `list:` shards without a record of their tokenizer as the recipe tokenizer's")
     p.add_argument("--max-epochs", type=float, metavar="E",
                    help="warn when a source is read more than E times (default: the recipe's max_epochs, 4)")
     return p
@@ -72,7 +75,9 @@ def source_sizes(recipe: Recipe, out: Path | None) -> dict[str, SourceSize]:
     shard_dir = recipe.data_dir or (out / "shards" if out else None)
     sizes = {}
     for name, src in recipe.sources.items():
-        if src.prefix is not None:
+        if src.list_file is not None:  # counted from the shards' .idx files (and checked, as a run checks them)
+            shard = open_list(name, src, fp, len(tokenizer), shard_dir)[0]
+        elif src.prefix is not None:
             shard = Shard(_existing_shard(name, src.prefix, fp, len(tokenizer)).prefix)
         elif shard_dir is not None:  # hashing the inputs finds their cached shard
             key = content_key(fp, [input_record(p) for p in src.paths], src)

@@ -82,7 +82,8 @@ class UpsampleCfg(Strict):
 
 
 class SourceCfg(Strict):
-    """A named dataset: raw files to tokenize, or an existing Megatron shard `prefix`."""
+    """A named dataset: raw files to tokenize, an existing Megatron shard `prefix`, or a
+    blendcorpus data-file `list` of existing shards (data/lists.py)."""
 
     paths: list[RelPath] = []
     prefix: RelPath | None = None
@@ -94,6 +95,9 @@ class SourceCfg(Strict):
     errors: Literal["strict", "replace"] = "strict"
     upsample_long: UpsampleCfg | None = None  # a sampling choice: not part of the shard's cache key
     tags: dict[str, str] = {}  # e.g. {quality: high, kind: math}: what `strategy: anneal` can upweight
+    # the tokenizer that wrote a `list:`'s shards where they carry no record of it (the error asking prints it)
+    tokenizer_fingerprint: str | None = None
+    list_file: RelPath | None = Field(None, alias="list")  # written `list:` (`list` would shadow the type)
 
     def resolved_format(self) -> str:
         if self.format:
@@ -408,8 +412,11 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
             p(f"{where}: `{BUFFER}` is reserved for the replay buffer; rename the source")
         elif not _NAME.match(name):
             p(f"{where}: a source name must be letters, digits, `_`, `-` or `.` (it names files)")
-        if bool(src.paths) == (src.prefix is not None):
-            p(f"{where}: give either `paths` (files to tokenize) or `prefix` (an existing .bin/.idx shard)")
+        if bool(src.paths) + (src.prefix is not None) + (src.list_file is not None) != 1:
+            p(f"{where}: give one of `paths` (files to tokenize), `prefix` (an existing .bin/.idx shard) or `list` "
+              "(a data-file list of existing shards)")
+        if src.list_file is not None and not src.list_file.is_file():
+            p(f"{where}.list: file not found: {src.list_file}")
         if src.prefix is not None:
             for ext in (".bin", ".idx"):
                 if not Path(str(src.prefix) + ext).is_file():

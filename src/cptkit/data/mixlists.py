@@ -40,8 +40,9 @@ class Entry:
     line: int  # 1-based line in the list it came from, for error messages
 
 
-def read_list(path: Path) -> list[Entry]:
-    """The entries of one data-file list; `CptError` (one line, with file and line) on bad input."""
+def read_list(path: Path, allow_zero: bool = False) -> list[Entry]:
+    """The entries of one data-file list; `CptError` (one line, with file and line) on bad input.
+    `allow_zero`: keep weights of 0 (a source list may hold lines that blendcorpus rounded to 0)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -67,7 +68,7 @@ def read_list(path: Path) -> list[Entry]:
             weight = float(fields[0])
         except ValueError:
             weight = math.nan  # reported just below, with the other unusable weights
-        if not (math.isfinite(weight) and weight > 0):
+        if not (math.isfinite(weight) and (weight > 0 or (allow_zero and weight == 0))):
             raise CptError(f"{path}:{n}: weight {fields[0]!r} is not usable; weights must be positive "
                            "finite numbers (delete the line to drop a dataset)")
         entries.append(Entry(weight, fields[1], fields[2] if len(fields) == 3 else None, n))

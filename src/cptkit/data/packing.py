@@ -29,10 +29,14 @@ class PackedStream:
                  upsample: tuple[int, float] | None = None):
         """`doc_ids`: the distinct training documents. `upsample`: (min_tokens, factor): every
         document longer than min_tokens appears `factor` times per epoch (on average, for a
-        fractional factor); None or factor 1 leaves every epoch exactly as without it."""
+        fractional factor); None or factor 1 leaves every epoch exactly as without it. A shard
+        with `factors` (a `list:` source whose weights differ from its shards' tokens) repeats
+        each document that many times an epoch first."""
         self.name, self.shard, self.doc_ids, self.seq_len, self.seed = name, shard, doc_ids, seq_len, seed
         self.upsample = upsample
-        self.epoch_docs = doc_ids if upsample is None else self._with_copies(*upsample)
+        factors = getattr(shard, "factors", None)
+        base = doc_ids if factors is None else self._weighted(factors)
+        self.epoch_docs = base if upsample is None else self._with_copies(base, *upsample)
         self.distinct_tokens = int(shard.lengths[doc_ids].astype(np.int64).sum())  # each document once
         self.epoch_tokens = int(shard.lengths[self.epoch_docs].astype(np.int64).sum())  # copies included
         self.samples_per_epoch = self.epoch_tokens // seq_len
@@ -42,15 +46,27 @@ class PackedStream:
         self._epoch = lru_cache(maxsize=2)(self._epoch_layout)
         self._placed = lru_cache(maxsize=2)(self._placement)
 
-    def _with_copies(self, min_tokens: int, factor: float) -> np.ndarray:
-        """`doc_ids` plus floor(factor) - 1 extra copies of each long document, and one more copy
+    def _with_copies(self, docs: np.ndarray, min_tokens: int, factor: float) -> np.ndarray:
+        """`docs` plus floor(factor) - 1 extra copies of each long document, and one more copy
         for round(frac(factor) x #long) of them, chosen once per stream (not per epoch), so every
         long document is read floor or ceil(factor) times per epoch and `factor` times on average."""
-        long = self.doc_ids[self.shard.lengths[self.doc_ids] > min_tokens]
+        long = docs[self.shard.lengths[docs] > min_tokens]
         whole = int(math.floor(factor))
         extra = int(round((factor - whole) * len(long)))
         chosen = long[np.sort(generator(self.seed, "upsample", self.name).permutation(len(long))[:extra])]
-        return np.concatenate([self.doc_ids, np.repeat(long, whole - 1), chosen]).astype(self.doc_ids.dtype)
+        return np.concatenate([docs, np.repeat(long, whole - 1), chosen]).astype(docs.dtype)
+
+    def _weighted(self, factors: np.ndarray) -> np.ndarray:
+        """`doc_ids` with each document repeated factors[doc] times an epoch: floor(f) copies,
+        and one more for round(frac(f) x n) of the n documents sharing a factor (seeded, fixed)."""
+        f = factors[self.doc_ids]
+        parts = [np.repeat(self.doc_ids, np.floor(f).astype(np.int64))]
+        for value in np.unique(f[f != np.floor(f)]):
+            group = self.doc_ids[f == value]
+            extra = int(round((value - math.floor(value)) * len(group)))
+            pick = generator(self.seed, "list-weights", self.name, repr(float(value))).permutation(len(group))[:extra]
+            parts.append(group[np.sort(pick)])
+        return np.concatenate(parts).astype(self.doc_ids.dtype)
 
     def _epoch_layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Documents of an epoch in order, and the token offset where each one ends."""

@@ -146,7 +146,26 @@ class ShardWriter:
             self.discard()
 
 
-class Shard:
+class Documents:
+    """Documents over a token array: `lengths`, `starts` (token offsets) and `tokens` (sliceable)."""
+
+    lengths: np.ndarray
+    starts: np.ndarray
+    tokens: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        start = int(self.starts[i])
+        return self.tokens[start : start + int(self.lengths[i])]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.lengths.astype(np.int64).sum())
+
+
+class Shard(Documents):
     """Read-only view of a Megatron shard: `len()` documents, `shard[i]` a token array (memmap view)."""
 
     def __init__(self, prefix: str | Path):
@@ -199,13 +218,4 @@ class Shard:
             raise CptError(f"{idx_path}: sequence sizes, pointers and document indices do not add up "
                            "(corrupt index); re-tokenize the source")
 
-    def __len__(self) -> int:
-        return len(self.lengths)
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        start = int(self.starts[i])
-        return self.tokens[start : start + int(self.lengths[i])]
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.lengths.astype(np.int64).sum())

@@ -24,6 +24,7 @@ from ..errors import CptError
 from ..fileio import write_json_atomic
 from ..recipe import SourceCfg
 from .encode import Encoder
+from .lists import ListShard, list_entries, open_list
 from .rng import generator
 from .shards import Shard, ShardWriter, token_dtype
 from .sources import file_documents
@@ -55,12 +56,13 @@ def file_sha256(path: Path) -> str:
 @dataclass(frozen=True)
 class TokenizedSource:
     name: str
-    prefix: str  # Megatron prefix, without .bin/.idx
+    prefix: str  # Megatron prefix, without .bin/.idx (a `list:` source: the list file)
     key: str  # content key; a run records it to notice a changed source on resume
     meta: dict
+    shards: ListShard | None = None  # a `list:` source's shards, opened (data/lists.py)
 
-    def open(self) -> Shard:
-        return Shard(self.prefix)
+    def open(self) -> Shard | ListShard:
+        return self.shards if self.shards is not None else Shard(self.prefix)
 
 
 def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path,
@@ -68,6 +70,10 @@ def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path,
     """The shard of a source: an existing `prefix:` (checked), the cached one, or a new one.
     With `expect_key` (a resumed run), a source whose content changed is refused before any work."""
     fp = tokenizer_fingerprint(tokenizer)
+    if src.list_file is not None:  # checked here (rank 0); recorded_source opens it as it is
+        shards, key, meta = open_list(name, src, fp, len(tokenizer), data_dir)
+        _check_key(name, key, expect_key)
+        return TokenizedSource(name, str(src.list_file), key, meta, shards)
     if src.prefix is not None:
         shard = _existing_shard(name, src.prefix, fp, len(tokenizer))
         _check_key(name, shard.key, expect_key)
@@ -86,6 +92,10 @@ def prepare_source(name: str, src: SourceCfg, tokenizer, data_dir: Path,
 def recorded_source(name: str, src: SourceCfg, tokenizer, data_dir: Path, key: str | None) -> TokenizedSource:
     """The shard another process (rank 0) prepared and recorded under `key`: opened as it is,
     without hashing the inputs again (every rank hashing terabytes of corpus would be the cost)."""
+    if src.list_file is not None:
+        entries = list_entries(name, src.list_file)
+        shards = ListShard([p for p, _ in entries], [w for _, w in entries], str(src.list_file))
+        return TokenizedSource(name, str(src.list_file), key or "", {}, shards)
     if src.prefix is not None:
         return prepare_source(name, src, tokenizer, data_dir)  # reads the shard's own metadata only
     prefix = data_dir / f"{name}.{key}"

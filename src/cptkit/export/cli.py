@@ -26,6 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the export (new, empty, or an export of it)")
     p.add_argument("--gpus", action="append", default=[], metavar="[STAGE=]N",
                    help="GPUs each run trains on (default 1); STAGE=N for one stage; repeat as needed")
+    p.add_argument("--trust-shards", action="store_true",
+                   help="take `list:` shards without a record of their tokenizer as the recipe tokenizer's")
     p.add_argument("--force", action="store_true", help="replace another export in --out")
     return p
 

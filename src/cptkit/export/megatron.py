@@ -123,15 +123,19 @@ def _buffer(recipe: Recipe, data) -> list[int]:
 
 def _entries(recipe: Recipe, run: Run, data, buffer: str | None) -> list[Entry]:
     """The stage's mix as a data-file list: each source's share of the samples, split over its
-    shards by their tokens; the corpus column is the source's name."""
+    shards as cpt reads them (a `list:` source by its list's weights); the corpus column is the
+    source's name."""
     mix = {k: w for k, w in recipe.stages[run.stage].mix.items() if w > 0}
     total = sum(mix.values())
     entries = []
     for name, w in mix.items():
-        if name == BUFFER:
-            shards = [(buffer, 1)]
+        tok = None if name == BUFFER else data.sources[name].tokenized
+        if tok is None:
+            shards = [(buffer, 1.0)]
+        elif tok.shards is not None:  # a `list:` source: its shards with the list's weights
+            shards = [(str(Path(p.prefix).resolve()), w) for p, w in zip(tok.shards.parts, tok.shards.weights)]
         else:
-            shards = [(str(Path(data.sources[name].tokenized.prefix).resolve()), 1)]
+            shards = [(str(Path(tok.prefix).resolve()), 1.0)]
         tokens = sum(t for _, t in shards)
         entries += [Entry(w / total * t / tokens, prefix, name, 0) for prefix, t in shards]
     return entries

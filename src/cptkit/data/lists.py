@@ -1,0 +1,155 @@
+"""A source given as a data-file list (`list: FILE.txt`, blendcorpus / Megatron-DeepSpeed format):
+existing `.bin/.idx` shards read in place, never copied or re-tokenized.
+
+The shards are seen as one: `ListShard` numbers their documents one after another (document i of
+the second shard is len(first) + i), and its token array maps a slice to the shard that holds
+it (a document never spans two shards). Within the source, the list's weights are the shares of
+its samples: a shard whose weight is above its share of the tokens has its documents repeated in
+each epoch (`factors`, realised as `upsample_long` realises its copies), so that a list weighted by
+tokens, as ALCF's are, reads every document once an epoch.
+
+Each shard is checked where it is: magic, version, dtype (all the same), sizes (Shard), and its
+largest token id against the tokenizer's vocabulary (a scan, remembered by path, size and mtime in
+the shard folder's `list-checks.json`). Which tokenizer wrote a shard is known only from the
+`<prefix>.json` that `cpt tokenize` writes beside it; for any other shard the user declares it,
+with the source's `tokenizer_fingerprint:` or `--trust-shards`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CptError
+from ..fileio import write_json_atomic
+from .mixlists import read_list
+from .shards import Documents, Shard
+
+TRUST_ENV = "CPT_TRUST_SHARDS"  # set by --trust-shards (inherited by torchrun's ranks and a sweep's runs)
+_CHUNK = 1 << 26  # tokens per read of the vocabulary scan
+
+
+class _Tokens:
+    """The shards' token arrays as one: `tokens[a:b]` inside one shard, by global offsets."""
+
+    def __init__(self, shards: list[Shard]):
+        self.shards = shards
+        self.offsets = np.cumsum([0] + [len(s.tokens) for s in shards])
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        i = int(self.offsets.searchsorted(key.start, side="right")) - 1
+        base = int(self.offsets[i])
+        return self.shards[i].tokens[key.start - base : key.stop - base]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+
+class ListShard(Documents):
+    """Several Megatron shards as one Shard (documents, lengths, starts, tokens, dtype)."""
+
+    def __init__(self, prefixes: list[str], weights: list[float], label: str):
+        self.prefix = label  # a name for messages and the buffer's manifest (the list file)
+        self.parts = [Shard(p) for p in prefixes]
+        self.dtype = self.parts[0].dtype
+        self.tokens = _Tokens(self.parts)
+        self.lengths = np.concatenate([s.lengths for s in self.parts])
+        self.starts = np.concatenate([s.starts + int(off) for s, off in zip(self.parts, self.tokens.offsets)])
+        self.first = np.cumsum([0] + [len(s) for s in self.parts])  # each shard's first document
+        tokens = np.array([s.num_tokens for s in self.parts], dtype=np.float64)
+        want = np.asarray(weights, dtype=np.float64) / sum(weights)
+        self.weights = [float(w) for w in want]  # each shard's share of the source's samples
+        ratio = want / np.maximum(tokens / tokens.sum(), 1e-300)
+        ratio = ratio / ratio[tokens > 0].min() if (tokens > 0).any() else ratio
+        # per-document repetitions: 1 everywhere for a list weighted by tokens (relative 1e-9 slack)
+        per_shard = np.where(np.abs(ratio - 1) < 1e-9, 1.0, ratio)
+        self.factors = None if np.all(per_shard == 1) else np.repeat(per_shard, [len(s) for s in self.parts])
+
+
+def list_entries(name: str, path: Path) -> list[tuple[str, float]]:
+    """(prefix, weight) of each line with a positive weight; a relative prefix is relative to the
+    list's folder. Zero weights (mix_datasets.py rounds small ones to 0.000000) are skipped."""
+    entries = read_list(path, allow_zero=True)
+    kept = [(e.prefix if os.path.isabs(e.prefix) else str(Path(path).parent / e.prefix), e.weight, e.line)
+            for e in entries if e.weight > 0]
+    if not kept:
+        raise CptError(f"sources.{name}.list: {path}: every weight is 0; give the shards positive weights")
+    for prefix, _, line in kept:
+        missing = [ext for ext in (".bin", ".idx") if not Path(prefix + ext).is_file()]
+        if missing:
+            raise CptError(f"{path}:{line}: {prefix}{' and '.join(missing)} not found; a list names shard prefixes "
+                           "(the path without .bin/.idx)")
+    return [(p, w) for p, w, _ in kept]
+
+
+def open_list(name: str, src, fingerprint: str, vocab_size: int, check_dir: Path | None) -> tuple[ListShard, str, dict]:
+    """The list source's shards, checked; its content key and metadata."""
+    entries = list_entries(name, src.list_file)
+    try:
+        shard = ListShard([p for p, _ in entries], [w for _, w in entries], str(src.list_file))
+    except CptError as e:
+        raise CptError(f"sources.{name}.list: {e}") from None
+    dtypes = {s.dtype.name for s in shard.parts}
+    if len(dtypes) > 1:
+        raise CptError(f"sources.{name}.list: its shards hold tokens of several dtypes ({', '.join(sorted(dtypes))}); "
+                       "one tokenizer writes one dtype, so they are not one source")
+    for (prefix, _), part in zip(entries, shard.parts):
+        _check_tokenizer(name, src, prefix, fingerprint)
+        top = _largest_id(part, check_dir)
+        if top >= vocab_size:
+            raise CptError(f"sources.{name}.list: {prefix}.bin holds token id {top:,}, past the tokenizer's "
+                           f"{vocab_size:,} ids; it was tokenized with another tokenizer: re-tokenize it")
+    stats = [(str(Path(p).resolve()), w, os.path.getsize(p + ".bin"), os.stat(p + ".idx").st_mtime_ns) for p, w in entries]
+    key = hashlib.sha256(json.dumps([fingerprint, stats]).encode()).hexdigest()[:12]
+    meta = {"list": str(src.list_file), "shards": [p for p, _ in entries], "documents": len(shard), "tokens": shard.num_tokens}
+    return shard, key, meta
+
+
+def _check_tokenizer(name: str, src, prefix: str, fingerprint: str) -> None:
+    record = Path(prefix + ".json")
+    theirs = None
+    if record.is_file():
+        try:
+            tok = json.loads(record.read_text()).get("tokenizer")
+            theirs = tok.get("fingerprint") if isinstance(tok, dict) else None
+        except (ValueError, AttributeError):
+            theirs = None
+    if theirs is not None:
+        if theirs != fingerprint:
+            raise CptError(f"sources.{name}.list: {prefix} was tokenized with another tokenizer (fingerprint {theirs}, "
+                           f"the recipe's is {fingerprint}); re-tokenize it")
+        return
+    declared = src.tokenizer_fingerprint
+    if declared is not None and declared != fingerprint:
+        raise CptError(f"sources.{name}.tokenizer_fingerprint: {declared} is not the recipe tokenizer's ({fingerprint}); "
+                       "these shards were written by another tokenizer: re-tokenize them")
+    if declared is None and not os.environ.get(TRUST_ENV):
+        raise CptError(f"sources.{name}.list: {prefix} has no record of the tokenizer that wrote it (no {record.name}), "
+                       "and a mismatch its token ids cannot reveal would train on garbage; if the recipe's tokenizer "
+                       f"wrote it, declare `tokenizer_fingerprint: {fingerprint}` on the source, or pass --trust-shards")
+
+
+def _largest_id(shard: Shard, check_dir: Path | None) -> int:
+    """The shard's largest token id, remembered by path, size and mtime (a scan of every token)."""
+    bin_path = Path(shard.prefix + ".bin").resolve()
+    st = bin_path.stat()
+    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    cache = check_dir / "list-checks.json" if check_dir is not None else None
+    seen = {}
+    if cache is not None and cache.is_file():
+        try:
+            seen = json.loads(cache.read_text())
+        except ValueError:
+            seen = {}
+    hit = seen.get(str(bin_path))
+    if isinstance(hit, dict) and hit.get("stamp") == stamp:
+        return int(hit["max_id"])
+    tokens = shard.tokens
+    top = max((int(tokens[i : i + _CHUNK].max()) for i in range(0, len(tokens), _CHUNK)), default=-1)
+    if cache is not None:
+        seen[str(bin_path)] = {"stamp": stamp, "max_id": top}
+        write_json_atomic(cache, seen)
+    return top

@@ -81,15 +81,19 @@ def parse_launch(path) -> dict:
     """
     with open(path) as f:
         text = f.read().replace("\r\n", "\n").replace("\\\n", "")  # join `\`-continued lines
-    shell, exported, command = {}, set(), None
+    shell, exported, command, first = {}, set(), None, []
     for line in text.split("\n"):
         tokens = shlex.split(line, comments=True)
         if not tokens:
             continue
+        if line.startswith("FIRST=("):  # flags of a run's first start: `"${FIRST[@]}"` on the command
+            first = shlex.split(line[len("FIRST=("):line.index(")")])
+            continue
         train = [i for i, t in enumerate(tokens) if t.endswith("train_alcf.sh")]
         if train:  # `[NAME=value ...] bash train_alcf.sh <flags>`; the last such line wins
             prefix = dict(_ASSIGN.match(t).groups() for t in tokens[:train[0]] if _ASSIGN.match(t))
-            command = (prefix, tokens[train[0] + 1:])
+            flags = tokens[train[0] + 1:]
+            command = (prefix, [f for t in flags for f in (first if t == "${FIRST[@]}" else [t])])
         elif tokens[0] == "export":
             for token in tokens[1:]:
                 match = _ASSIGN.match(token)

@@ -47,9 +47,11 @@ def env_of(script: Path) -> dict:
 
 
 def flags_of(script: Path) -> list[str]:
+    """The flags of the run's first start (its `FIRST` array expanded)."""
     text = script.read_text().replace("\\\n", " ")
+    first = next((shlex.split(line[7:line.index(")")]) for line in text.splitlines() if line.startswith("FIRST=(")), [])
     line = next(line for line in text.splitlines() if line.startswith("bash train_alcf.sh"))
-    return shlex.split(line)[2:]
+    return [f for t in shlex.split(line)[2:] for f in (first if t == "${FIRST[@]}" else [t])]
 
 
 def test_every_iterations_lr_matches_the_plan(exported):
@@ -326,3 +328,57 @@ def test_the_exported_buffer_is_the_one_cpt_run_builds(tmp_path, shared):
         assert (tmp_path / "out" / "buffer" / f"v1{ext}").read_bytes() == (tmp_path / "run" / "buffer" / f"v1{ext}").read_bytes()
     entries = read_list(tmp_path / "out" / "lists" / "02-b.txt")
     assert [(e.corpus, e.weight) for e in entries] == [("stories", 0.5), ("buffer", 0.5)]
+
+
+FAKE_TRAIN = """#!/bin/bash
+echo "LOAD=$LOAD SAVE=$SAVE TRAIN_ITERS=$TRAIN_ITERS GLOBAL_BATCH=$GLOBAL_BATCH TRAIN_TOKENS=${TRAIN_TOKENS:-unset} $*" >> "$LOG"
+"""
+FAKE_CONVERT = """import sys, pathlib
+print("convert", *sys.argv[1:], file=open(__import__("os").environ["LOG"], "a"))
+out = pathlib.Path(sys.argv[sys.argv.index("--output_folder") + 1])
+out.mkdir(parents=True)
+(out.parent / "latest_universal").write_text(out.name)
+"""
+
+
+def test_the_scripts_run_under_bash_first_start_then_later_jobs(exported, tmp_path):
+    """Each script, run by bash against a stand-in train_alcf.sh: its first start loads the
+    checkpoint the plan starts from (converting it where the GPU count changed), with --finetune
+    where the plan rewarms; a later job of the same run (its own save exists) resumes that save,
+    without --finetune or a conversion."""
+    import os
+    import subprocess
+
+    _, out, manifest, _ = exported
+    md = tmp_path / "md"
+    (md / "deps/DeepSpeed/deepspeed/checkpoint").mkdir(parents=True)
+    (md / "train_alcf.sh").write_text(FAKE_TRAIN)
+    (md / "deps/DeepSpeed/deepspeed/checkpoint/ds_to_universal.py").write_text(FAKE_CONVERT)
+    ckpt, log = tmp_path / "ckpt", tmp_path / "log"
+    env = dict(os.environ, MEGATRON_DEEPSPEED=str(md), CKPT_ROOT=str(ckpt), BASE_CHECKPOINT="/base",
+               LOG=str(log), TRAIN_TOKENS="999")
+
+    def start(name):
+        log.unlink(missing_ok=True)
+        subprocess.run(["bash", str(out / "runs" / f"{name}.sh")], env=env, check=True)
+        return log.read_text().splitlines()
+
+    first = start("01-wiki")
+    assert first == ["LOAD=/base SAVE=" + str(ckpt / "01-wiki") + " TRAIN_ITERS=55 GLOBAL_BATCH=64 TRAIN_TOKENS=unset "
+                     "--finetune"]
+    (ckpt / "01-wiki" / "global_step55").mkdir(parents=True)
+    (ckpt / "01-wiki" / "latest").write_text("global_step55")
+    again = start("01-wiki")
+    assert again == [f"LOAD={ckpt / '01-wiki'} SAVE={ckpt / '01-wiki'} TRAIN_ITERS=55 GLOBAL_BATCH=64 TRAIN_TOKENS=unset "]
+
+    lines = start("03-code.base")  # 4 GPUs from 01-wiki's 2: a universal checkpoint, converted first
+    step = ckpt / "01-wiki" / "global_step55"
+    assert lines[0] == f"convert --input_folder {step} --output_folder {step}_universal"
+    assert (ckpt / "01-wiki" / "latest_universal").read_text() == "global_step55_universal"
+    assert lines[1].startswith(f"LOAD={ckpt / '01-wiki'} SAVE={ckpt / '03-code.base'} TRAIN_ITERS=102")
+    assert lines[1].endswith("--min-lr 0.0001 --override-opt_param-scheduler --universal-checkpoint")
+    (ckpt / "03-code.base").mkdir()
+    (ckpt / "03-code.base" / "latest").write_text("global_step80")
+    lines = start("03-code.base")
+    assert len(lines) == 1 and lines[0].startswith(f"LOAD={ckpt / '03-code.base'} ")
+    assert lines[0].endswith("--min-lr 0.0001 --override-opt_param-scheduler")

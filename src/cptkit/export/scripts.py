@@ -65,17 +65,22 @@ def launch_script(recipe: Recipe, run: Run, loaded: Run | None, out: Path) -> st
     if "constant_lr" in a:
         flags += [f"--constant-lr {a['constant_lr']!r}", f"--lr-cooldown-fraction {a['lr_cooldown_fraction']!r}",
                   f"--lr-constant-fraction {a['lr_constant_fraction']!r}", f"--timescale {a['timescale']!r}"]
-    if run.finetune:
-        flags.append("--finetune")
     if run.overrides(loaded):
         head.append("export OVERRIDE_CKPT_OPT_PARAM=1  # drops --use-checkpoint-opt_param-scheduler: this run sets its LR")
         flags.append("--override-opt_param-scheduler")
+    # a run spans many jobs: a later job continues from the run's own last save, as a plain resume
+    first = (["--finetune"] if run.finetune else []) + (["--universal-checkpoint"] if run.universal(loaded) else [])
+    if first:
+        head.append(f"FIRST=({' '.join(first)})  # on the run's first start only")
     if run.universal(loaded):
         step = f"$LOAD/global_step{run.iter0}"
         head += [f"# {loaded.name} saved on {loaded.gpus} GPU(s), this run trains on {run.gpus}: load a universal checkpoint",
-                 f'[ -d "{step}_universal" ] || python3 "{DEEPSPEED_CONVERTER}" --input_folder "{step}" '
-                 f'--output_folder "{step}_universal"']
-        flags.append("--universal-checkpoint")
+                 f'if [ ! -f "$SAVE/latest" ] && [ ! -d "{step}_universal" ]; then python3 "{DEEPSPEED_CONVERTER}" '
+                 f'--input_folder "{step}" --output_folder "{step}_universal"; fi']
+    head.append('if [ -f "$SAVE/latest" ]; then LOAD="$SAVE"' + (" FIRST=()" if first else "")
+                + "; fi  # a later job of this run: continue from its own last save")
+    if first:
+        flags.append('"${FIRST[@]}"')
     head += ['cd "$MEGATRON_DEEPSPEED"', "bash train_alcf.sh" + "".join(f" \\\n  {f}" for f in flags), ""]
     return "\n".join(head)
 

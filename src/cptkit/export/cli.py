@@ -48,13 +48,15 @@ def parse_gpus(values: list[str]) -> dict[str, int]:
 
 def run(args) -> int:
     from .megatron import export
+    from ..recipe import load_recipe
     from .runs import BASE
 
     gpus = parse_gpus(args.gpus)
     runs = export(args.recipe, args.out, gpus, args.force)
     for r in runs:
-        how = "finetune from " if r.finetune else "resume "
-        print(f"{r.name}: iterations {r.iter0 + 1}-{r.train_iters}, {how}{'base' if r.load == BASE else r.load}, "
-              f"LR {r.lr['lr_decay_style']}" + (f"; {len(r.notes)} note(s)" if r.notes else ""))
+        start = ("from a new model" if load_recipe(args.recipe).model.path is None else "from the base model's weights") \
+            if r.load == BASE else (f"from {r.load}'s weights" if r.finetune else f"resumes {r.load}")
+        print(f"{r.name}: iterations {r.iter0 + 1}-{r.train_iters}, {start}, LR {r.lr['lr_decay_style']}"
+              + (f"; {len(r.notes)} note(s) in the README" if r.notes else ""))
     print(f"wrote {len(runs)} runs to {args.out} (see {args.out / 'README.md'})")
     return 0

@@ -24,10 +24,11 @@ def common_script(recipe: Recipe, out: Path) -> str:
     lines = [
         "#!/bin/bash",
         f"# Sourced by every script in {out}/runs (cpt export megatron-deepspeed, cpt {__version__}).",
-        "# Set these three before running (or export them in your job script):",
+        "# Set these before running (or export them in your job script):",
         ': "${MEGATRON_DEEPSPEED:?set MEGATRON_DEEPSPEED to your argonne-lcf/Megatron-DeepSpeed checkout}"',
         ': "${CKPT_ROOT:?set CKPT_ROOT to the folder where each run saves its checkpoints}"',
-        ': "${BASE_CHECKPOINT:?set BASE_CHECKPOINT to the base model converted to a Megatron-DeepSpeed checkpoint}"',
+        ': "${BASE_CHECKPOINT:?set BASE_CHECKPOINT to the base model converted to a Megatron-DeepSpeed checkpoint}"'
+        if recipe.model.path is not None else "# (the first run trains a new model: there is no base checkpoint)",
         "export DEEPSPEED_DIR=\"${DEEPSPEED_DIR:-$MEGATRON_DEEPSPEED/deps/DeepSpeed}\"  # for ds_to_universal.py",
         "# The base model's shape and tokenizer (helpers.sh's MODEL_ARCH presets may hard-code another shape):",
         f"export SEQ={recipe.seq_len} " + " ".join(f"{k}={cfg[v]}" for k, v in shape if v in cfg),
@@ -40,7 +41,8 @@ def common_script(recipe: Recipe, out: Path) -> str:
 def launch_script(recipe: Recipe, run: Run, loaded: Run | None, out: Path) -> str:
     st = recipe.stages[run.stage]
     a = run.lr
-    load = "$BASE_CHECKPOINT" if run.load == BASE else f"$CKPT_ROOT/{run.load}"
+    scratch = run.load == BASE and recipe.model.path is None  # model.init: Megatron builds it, nothing to load
+    load = f"$CKPT_ROOT/{run.name}" if scratch else "$BASE_CHECKPOINT" if run.load == BASE else f"$CKPT_ROOT/{run.load}"
     head = [
         "#!/bin/bash",
         f"# {run.name}: stage {st.name}, written by cpt export megatron-deepspeed (cpt {__version__})",
@@ -69,7 +71,7 @@ def launch_script(recipe: Recipe, run: Run, loaded: Run | None, out: Path) -> st
         head.append("export OVERRIDE_CKPT_OPT_PARAM=1  # drops --use-checkpoint-opt_param-scheduler: this run sets its LR")
         flags.append("--override-opt_param-scheduler")
     # a run spans many jobs: a later job continues from the run's own last save, as a plain resume
-    first = (["--finetune"] if run.finetune else []) + (["--universal-checkpoint"] if run.universal(loaded) else [])
+    first = (["--finetune"] if run.finetune and not scratch else []) + (["--universal-checkpoint"] if run.universal(loaded) else [])
     if first:
         head.append(f"FIRST=({' '.join(first)})  # on the run's first start only")
     if run.universal(loaded):
@@ -87,6 +89,8 @@ def launch_script(recipe: Recipe, run: Run, loaded: Run | None, out: Path) -> st
 
 def _start_words(recipe: Recipe, run: Run, loaded: Run | None) -> str:
     st = recipe.stages[run.stage]
+    if loaded is None and recipe.model.path is None:
+        return "a new model (model.init), trained from scratch"
     if loaded is None:
         what = "the base model ($BASE_CHECKPOINT)"
     else:

@@ -126,6 +126,7 @@ def test_bad_lists_are_one_line_errors(tmp_path, shared, parts, capsys):
     assert code == 2 and err.count("\n") == 1 and "no record of the tokenizer" in err and "--trust-shards" in err
     fp = err.split("tokenizer_fingerprint: ")[1].split("`")[0]
     assert plan(foreign, "", "--trust-shards")[0] == 0
+    assert plan(foreign)[0] == 2  # the flag held for that command only
     assert plan(foreign, f", tokenizer_fingerprint: {fp}")[0] == 0
     code, err = plan(foreign, ", tokenizer_fingerprint: 0123456789abcdef")
     assert code == 2 and "is not the recipe tokenizer's" in err
@@ -136,6 +137,9 @@ def test_bad_lists_are_one_line_errors(tmp_path, shared, parts, capsys):
             w.add(np.full(80, 600 if i == 7 else 5, dtype=np.uint16))
     code, err = plan(write_list(tmp_path / "wide.txt", [(1, tmp_path / "wide")]), "", "--trust-shards")
     assert code == 2 and "holds token id 600, past the tokenizer's 512 ids" in err
+    # `cpt run` refuses it before it claims --out
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--trust-shards"]) == 2
+    assert "holds token id 600" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_a_list_source_exports_as_its_shards(tmp_path, shared, parts):

@@ -11,6 +11,7 @@ import torch
 
 from .checkpoint.manager import CheckpointManager
 from .data.prepare import RunData
+from .data.lists import check_lists
 from .data.tokenize import tokenizer_fingerprint
 from .eval.passkey import check_lengths
 from .eval.harness import check_harness
@@ -127,6 +128,7 @@ def build_run(recipe: Recipe, recipe_text: str, out: Path, resume: bool, recipe_
     check_relora(recipe, model)
     fingerprint = tokenizer_fingerprint(tokenizer)
     check_merges(recipe, model, fingerprint)  # all before --out is touched: a refused run leaves it as it was
+    check_lists(recipe, fingerprint, len(tokenizer))
     check_upscales(recipe, model, d.world)
     documents = check_documents(recipe, model, tokenizer)
     tasks = {name: (cfg, load_items(name, cfg, recipe.max_seq_len)) for name, cfg in recipe.evals.items()}  # bad files: one line, now

@@ -68,8 +68,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    before = os.environ.get(TRUST_ENV)
     if getattr(args, "trust_shards", False):  # read where the shards are opened, by every rank and sweep run
         os.environ[TRUST_ENV] = "1"
+    try:
+        return _command(args)
+    finally:  # for this command only (main may be called again in the same process)
+        if before is None:
+            os.environ.pop(TRUST_ENV, None)
+
+
+def _command(args) -> int:
     try:
         if args.command == "run" and args.nproc != 1:
             from .distributed.launch import launch

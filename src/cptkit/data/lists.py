@@ -132,11 +132,23 @@ def _check_tokenizer(name: str, src, prefix: str, fingerprint: str) -> None:
                        f"wrote it, declare `tokenizer_fingerprint: {fingerprint}` on the source, or pass --trust-shards")
 
 
+_SCANNED: dict[tuple[str, str], int] = {}  # this process's scans: the run checks before it claims --out, then opens
+
+
+def check_lists(recipe, fingerprint: str, vocab_size: int) -> None:
+    """Every `list:` source checked, before a run touches --out (a bad shard leaves it as it was)."""
+    for name, src in recipe.sources.items():
+        if src.list_file is not None:
+            open_list(name, src, fingerprint, vocab_size, recipe.data_dir)
+
+
 def _largest_id(shard: Shard, check_dir: Path | None) -> int:
     """The shard's largest token id, remembered by path, size and mtime (a scan of every token)."""
     bin_path = Path(shard.prefix + ".bin").resolve()
     st = bin_path.stat()
     stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    if (str(bin_path), stamp) in _SCANNED:
+        return _SCANNED[(str(bin_path), stamp)]
     cache = check_dir / "list-checks.json" if check_dir is not None else None
     seen = {}
     if cache is not None and cache.is_file():
@@ -146,9 +158,10 @@ def _largest_id(shard: Shard, check_dir: Path | None) -> int:
             seen = {}
     hit = seen.get(str(bin_path))
     if isinstance(hit, dict) and hit.get("stamp") == stamp:
-        return int(hit["max_id"])
+        return _SCANNED.setdefault((str(bin_path), stamp), int(hit["max_id"]))
     tokens = shard.tokens
     top = max((int(tokens[i : i + _CHUNK].max()) for i in range(0, len(tokens), _CHUNK)), default=-1)
+    _SCANNED[(str(bin_path), stamp)] = top
     if cache is not None:
         seen[str(bin_path)] = {"stamp": stamp, "max_id": top}
         write_json_atomic(cache, seen)

@@ -211,7 +211,8 @@ def megatron_lr_per_iteration(args, first_iteration: int, last_iteration: int,
             for i in range(first_iteration, last_iteration + 1)]
 
 
-if __name__ == "__main__":
+def self_check() -> None:
+    """Hand-computed values of every style (run by tests/test_export.py and as a script)."""
     import os
     import tempfile
 
@@ -304,3 +305,7 @@ bash train_alcf.sh --override-opt_param-scheduler --lr_constant_plus_cooldown \\
     assert args["finetune"] and args["universal_checkpoint"]
     assert not args["use_checkpoint_opt_param_scheduler"]
     print("megatron_lr self-check: ok")
+
+
+if __name__ == "__main__":
+    self_check()

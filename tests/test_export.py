@@ -42,6 +42,19 @@ def exported(tmp_path_factory, shared):
     return recipe, out, manifest, rows
 
 
+def scheduler_args(out: Path, name: str) -> dict:
+    """The scheduler values Megatron runs a run's first start with: its script's, or, on a resume
+    where helpers.sh adds --use-checkpoint-opt_param-scheduler, the ones saved with the checkpoint
+    (LR, min LR, warmup and decay samples, style: the scheduler's state_dict) and its own others."""
+    args = parse_launch(out / "runs" / f"{name}.sh")
+    if args["finetune"] or not args["use_checkpoint_opt_param_scheduler"]:
+        return args
+    saved = scheduler_args(out, args["_env"]["LOAD"].removeprefix("$CKPT_ROOT/"))
+    decay = saved["lr_decay_iters"] * saved["GLOBAL_BATCH"]
+    return args | {k: saved[k] for k in ("lr", "min_lr", "lr_decay_style")} | {
+        "lr_decay_iters": decay / args["GLOBAL_BATCH"], "lr_warmup_fraction": saved["lr_warmup_fraction"]}
+
+
 def env_of(script: Path) -> dict:
     return parse_launch(script)["_env"]
 
@@ -61,7 +74,7 @@ def test_every_iterations_lr_matches_the_plan(exported):
     worst = 0.0
     covered = []
     for run in manifest["runs"]:
-        args = parse_launch(out / "runs" / f"{run['name']}.sh")
+        args = scheduler_args(out, run["name"])
         first, last = run["iterations"]
         assert args["train_iters"] == last
         lrs = megatron_lr_per_iteration(args, first, last, run["samples_before"])
@@ -168,8 +181,14 @@ def test_readme_explains_each_run(exported):
     text = (out / "README.md").read_text()
     for run in manifest["runs"]:
         assert f"### `{run['name']}`" in text
-    assert "LR_WARMUP_FRAC" not in text or "LR_WARMUP_FRACTION" not in text
+    assert "LR_WARMUP_FRACTION" not in text and "Megatron's LR matches the plan's at every iteration" in text
     assert "eps 1e-5" in text  # the recipe's AdamW eps (1e-8) differs from the one helpers.sh fixes
+
+
+def test_the_reference_formulas_check_themselves():
+    from megatron_lr import self_check
+
+    self_check()
 
 
 def test_reference_formulas_are_not_ours():
@@ -206,6 +225,7 @@ STYLES = """
      cooldown_shape: inv-sqrt, constant_lr: 2.0e-4}}
   - {name: hold, tokens: 1280, mix: {stories: 1.0}, schedule: {kind: constant}}
   - {name: cos, tokens: 2560, mix: {stories: 1.0}, schedule: {kind: cosine, lr: 4.0e-4, warmup: 0.1}}
+  - {name: exp, tokens: 2560, mix: {stories: 1.0}, schedule: {kind: cooldown, shape: exponential, to: 4.0e-6}}
 """
 
 
@@ -225,10 +245,10 @@ def test_every_schedule_kind_through_the_reference_formulas(tmp_path, shared):
     manifest = json.loads((out / "export.json").read_text())
     names = [r["name"] for r in manifest["runs"]]
     assert names == ["01-inf", "02-inf.cooldown", "03-rewarm", "04-wsd", "05-wsd.cooldown", "06-lin", "07-const",
-                     "08-isqrt", "09-infsq", "10-hold", "11-cos"]
+                     "08-isqrt", "09-infsq", "10-hold", "11-cos", "12-exp"]
     styles = {}
     for run in manifest["runs"]:
-        args = parse_launch(out / "runs" / f"{run['name']}.sh")
+        args = scheduler_args(out, run["name"])
         styles[run["name"]] = args["lr_decay_style"]
         a, b = run["plan_steps"]
         got = megatron_lr_per_iteration(args, *run["iterations"], run["samples_before"])
@@ -243,7 +263,7 @@ def test_every_schedule_kind_through_the_reference_formulas(tmp_path, shared):
     assert styles == {"01-inf": "infinite-cosine", "02-inf.cooldown": "infinite-cosine", "03-rewarm": "cosine",
                       "04-wsd": "constant", "05-wsd.cooldown": "cosine", "06-lin": "linear", "07-const": "constant",
                       "08-isqrt": "inverse-square-root", "09-infsq": "infinite-inv-square-root", "10-hold": "constant",
-                      "11-cos": "cosine"}
+                      "11-cos": "cosine", "12-exp": "infinite-cosine"}
     finetunes = [r["name"] for r in manifest["runs"] if r["finetune"]]
     assert finetunes == ["01-inf", "03-rewarm", "07-const", "08-isqrt", "09-infsq", "11-cos"]  # each warms up
 
@@ -251,9 +271,8 @@ def test_every_schedule_kind_through_the_reference_formulas(tmp_path, shared):
 BAD_STAGES = {
     "relora": ("  - {name: a, tokens: 1024, mix: {stories: 1.0}, relora: {rank: 4, merge_every_tokens: 512}}",
                "stage a: cannot be exported to Megatron-DeepSpeed: ReLoRA"),
-    "exponential": ("  - {name: a, tokens: 1024, mix: {stories: 1.0}}\n"
-                    "  - {name: b, tokens: 1024, mix: {stories: 1.0}, schedule: {kind: cooldown, shape: exponential, to: 1.0e-5}}",
-                    "stage b: cannot be exported to Megatron-DeepSpeed: a exponential decay"),
+    "exponential": ("  - {name: a, tokens: 1024, mix: {stories: 1.0}, schedule: {kind: cooldown, shape: exponential, to: 1.0e-5}}",
+                    "stage a: cannot be exported to Megatron-DeepSpeed: an exponential decay to 1e-05 from the first sample"),
     "frozen": ("  - {name: a, tokens: 1024, mix: {stories: 1.0}, trainable: [layers]}",
                "stage a: cannot be exported to Megatron-DeepSpeed: it trains only layers"),
 }
@@ -382,3 +401,36 @@ def test_the_scripts_run_under_bash_first_start_then_later_jobs(exported, tmp_pa
     lines = start("03-code.base")
     assert len(lines) == 1 and lines[0].startswith(f"LOAD={ckpt / '03-code.base'} ")
     assert lines[0].endswith("--min-lr 0.0001 --override-opt_param-scheduler")
+
+
+def test_a_refusal_found_in_the_data_leaves_no_folder(tmp_path, shared, capsys):
+    """A problem seen only once the data is read (a buffer budget past the source) is refused
+    after tokenizing, and the new --out is gone again."""
+    from conftest import corpus_heads, write_recipe
+
+    stories, _ = corpus_heads(tmp_path / "corpora", shared, 60_000, 10)
+    sources = f'  stories: {{paths: [{stories}], separator: "<|endoftext|>"}}'
+    stages = "  - {name: a, tokens: 1024, mix: {stories: 1.0}, buffer_add: {source: stories, tokens: 50_000_000}}"
+    recipe = write_recipe(tmp_path / "r.yaml", shared, sources, stages, header="validation: {tokens_per_source: 512}")
+    assert main(["export", "megatron-deepspeed", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the tokenizer's progress bar
+    assert err.startswith("cpt: error: stages[0].buffer_add.tokens: 50,000,000 is more than")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_rewarm_on_other_gpus_loads_weights_without_a_conversion(tmp_path, shared):
+    """--finetune reads the model's weights, which any GPU count reads: no universal checkpoint."""
+    from conftest import corpus_heads, write_recipe
+
+    stories, _ = corpus_heads(tmp_path / "corpora", shared, 60_000, 10)
+    sources = f'  stories: {{paths: [{stories}], separator: "<|endoftext|>"}}'
+    stages = """  - {name: a, tokens: 1024, mix: {stories: 1.0}, schedule: {kind: constant, lr: 1.0e-3}}
+  - {name: b, tokens: 1024, mix: {stories: 1.0}, schedule: {kind: cosine, lr: 1.0e-3, warmup: 0.25}}
+  - {name: c, tokens: 1024, mix: {stories: 1.0}, schedule: {kind: cooldown, to: 0.0}}"""
+    recipe = write_recipe(tmp_path / "r.yaml", shared, sources, stages, header="validation: {tokens_per_source: 512}")
+    assert main(["export", "megatron-deepspeed", str(recipe), "--out", str(tmp_path / "out"), "--gpus", "b=2"]) == 0
+    b, c = tmp_path / "out" / "runs" / "02-b.sh", tmp_path / "out" / "runs" / "03-c.sh"
+    assert "--finetune" in flags_of(b) and "--universal-checkpoint" not in flags_of(b)
+    assert "ds_to_universal" not in b.read_text()
+    # c resumes b's optimizer state on 1 GPU: converted from b's last save (iteration 4 of its own count)
+    assert "--universal-checkpoint" in flags_of(c) and '--input_folder "$LOAD/global_step4"' in c.read_text()

@@ -58,7 +58,8 @@ def test_a_list_source_trains_in_place_and_plan_counts_it_exactly(tmp_path, shar
     held_out = int(joined.lengths[np.load(tmp_path / "run" / "data" / "web.val.npy")].sum())
     assert f"  web: {total - held_out:,}\n" in plan  # exact: no "~", no estimate
     fed = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("kind") == "data" and "web" in json.dumps(r) for r in fed)  # it trained on `web`
+    seen = next(r["data_seen"] for r in fed if r.get("kind") == "data")
+    assert seen["web"]["tokens"] == seen["stories"]["tokens"] == 512  # half of the stage's 1,024 tokens each
 
 
 def test_a_list_reads_the_same_samples_as_one_shard_of_the_same_documents(tmp_path, parts):
@@ -93,6 +94,14 @@ def test_the_lists_weights_are_the_shares_of_the_sources_samples(parts):
     assert got == pytest.approx(0.75, abs=0.01)
     natural = ListShard([str(root / "web-1"), str(root / "web-2")], [a.num_tokens, b.num_tokens], "web")
     assert natural.factors is None  # weighted by tokens, as ALCF's lists: every document once an epoch
+    # printed to 6 digits (blendcorpus), a token-weighted list still reads each document once
+    total = a.num_tokens + b.num_tokens
+    rounded = [float(f"{a.num_tokens / total:.6f}"), float(f"{b.num_tokens / total:.6f}")]
+    assert ListShard([str(root / "web-1"), str(root / "web-2")], rounded, "web").factors is None
+    # one small weight rounded down reads less of that shard, and the others exactly once
+    skewed = ListShard([str(root / "web-1"), str(root / "web-2")], [a.num_tokens, b.num_tokens * 0.5], "web")
+    assert list(skewed.factors) == pytest.approx([total / (a.num_tokens + b.num_tokens * 0.5),
+                                                  0.5 * total / (a.num_tokens + b.num_tokens * 0.5)])
 
 
 def write_list(path, lines):
@@ -140,17 +149,22 @@ def test_bad_lists_are_one_line_errors(tmp_path, shared, parts, capsys):
     # `cpt run` refuses it before it claims --out
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--trust-shards"]) == 2
     assert "holds token id 600" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    # a shard listed twice, and one with no tokens
+    code, err = plan(write_list(tmp_path / "twice.txt", [(1, root / "web-1"), (2, root / "web-2"), (1, root / "web-1")]))
+    assert code == 2 and "twice.txt:3:" in err and "is listed already (line 1)" in err
+    with ShardWriter(tmp_path / "empty", np.dtype(np.uint16)):
+        pass
+    code, err = plan(write_list(tmp_path / "empty.txt", [(1, root / "web-1"), (1, tmp_path / "empty")]))
+    assert code == 2 and err.count("\n") == 1 and "empty: holds no tokens" in err
 
 
 def test_a_list_source_exports_as_its_shards(tmp_path, shared, parts):
     from cptkit.data.mixlists import read_list
 
     root, stories = parts
-    a, b = Shard(root / "web-1"), Shard(root / "web-2")
     listfile = write_list(tmp_path / "w.txt", [(2, root / "web-1"), (1, root / "web-2")])
     recipe = recipe_with(tmp_path, shared, root, stories, listfile)
     assert main(["export", "megatron-deepspeed", str(recipe), "--out", str(tmp_path / "out")]) == 0
     entries = {e.prefix: e.weight for e in read_list(tmp_path / "out" / "lists" / "01-a.txt")}
     assert entries[str(root / "web-1")] == pytest.approx(0.5 * 2 / 3, rel=1e-12)
     assert entries[str(root / "web-2")] == pytest.approx(0.5 / 3, rel=1e-12)
-    assert a.num_tokens and b.num_tokens

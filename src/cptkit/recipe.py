@@ -417,6 +417,8 @@ def check_recipe(r: Recipe, expanded: bool = False) -> list[str]:
               "(a data-file list of existing shards)")
         if src.list_file is not None and not src.list_file.is_file():
             p(f"{where}.list: file not found: {src.list_file}")
+        if src.tokenizer_fingerprint is not None and src.list_file is None:
+            p(f"{where}.tokenizer_fingerprint: only a `list:` source's shards are declared this way")
         if src.prefix is not None:
             for ext in (".bin", ".idx"):
                 if not Path(str(src.prefix) + ext).is_file():

@@ -4,8 +4,8 @@ existing `.bin/.idx` shards read in place, never copied or re-tokenized.
 The shards are seen as one: `ListShard` numbers their documents one after another (document i of
 the second shard is len(first) + i), and its token array maps a slice to the shard that holds
 it (a document never spans two shards). Within the source, the list's weights are the shares of
-its samples: a shard whose weight is above its share of the tokens has its documents repeated in
-each epoch (`factors`, realised as `upsample_long` realises its copies), so that a list weighted by
+its samples: each shard's documents are read `factors[k]` = its weight / its share of the tokens
+times an epoch (a fraction: that share of them, fixed per stream), so that a list weighted by
 tokens, as ALCF's are, reads every document once an epoch.
 
 Each shard is checked where it is: magic, version, dtype (all the same), sizes (Shard), and its
@@ -60,13 +60,15 @@ class ListShard(Documents):
         self.starts = np.concatenate([s.starts + int(off) for s, off in zip(self.parts, self.tokens.offsets)])
         self.first = np.cumsum([0] + [len(s) for s in self.parts])  # each shard's first document
         tokens = np.array([s.num_tokens for s in self.parts], dtype=np.float64)
+        empty = [p.prefix for p, t in zip(self.parts, tokens) if t == 0]
+        if empty:
+            raise CptError(f"{empty[0]}: holds no tokens but has a weight in {label}; drop it from the list")
         want = np.asarray(weights, dtype=np.float64) / sum(weights)
         self.weights = [float(w) for w in want]  # each shard's share of the source's samples
-        ratio = want / np.maximum(tokens / tokens.sum(), 1e-300)
-        ratio = ratio / ratio[tokens > 0].min() if (tokens > 0).any() else ratio
-        # per-document repetitions: 1 everywhere for a list weighted by tokens (relative 1e-9 slack)
-        per_shard = np.where(np.abs(ratio - 1) < 1e-9, 1.0, ratio)
-        self.factors = None if np.all(per_shard == 1) else np.repeat(per_shard, [len(s) for s in self.parts])
+        # reads of each shard's documents an epoch: its weight over its share of the tokens. Lists
+        # weighted by tokens are printed to 6-10 digits: within 0.1% of 1, a shard is read once
+        ratio = want / (tokens / tokens.sum())
+        self.factors = None if np.all(np.abs(ratio - 1) < 1e-3) else np.where(np.abs(ratio - 1) < 1e-3, 1.0, ratio)
 
 
 def list_entries(name: str, path: Path) -> list[tuple[str, float]]:
@@ -77,6 +79,13 @@ def list_entries(name: str, path: Path) -> list[tuple[str, float]]:
             for e in entries if e.weight > 0]
     if not kept:
         raise CptError(f"sources.{name}.list: {path}: every weight is 0; give the shards positive weights")
+    seen: dict[str, int] = {}
+    for prefix, _, line in kept:
+        real = os.path.realpath(prefix)
+        if real in seen:  # its documents twice: a validation document would also be trained on
+            raise CptError(f"{path}:{line}: {prefix} is listed already (line {seen[real]}); list each shard once, "
+                           "with the weight of both lines")
+        seen[real] = line
     for prefix, _, line in kept:
         missing = [ext for ext in (".bin", ".idx") if not Path(prefix + ext).is_file()]
         if missing:
@@ -98,25 +107,33 @@ def open_list(name: str, src, fingerprint: str, vocab_size: int, check_dir: Path
                        "one tokenizer writes one dtype, so they are not one source")
     for (prefix, _), part in zip(entries, shard.parts):
         _check_tokenizer(name, src, prefix, fingerprint)
+        if np.iinfo(part.dtype).max < vocab_size:  # every id the dtype holds is in the vocabulary
+            continue
         top = _largest_id(part, check_dir)
         if top >= vocab_size:
             raise CptError(f"sources.{name}.list: {prefix}.bin holds token id {top:,}, past the tokenizer's "
                            f"{vocab_size:,} ids; it was tokenized with another tokenizer: re-tokenize it")
-    stats = [(str(Path(p).resolve()), w, os.path.getsize(p + ".bin"), os.stat(p + ".idx").st_mtime_ns) for p, w in entries]
+    # what the shards are, not where: a resume survives a move to another file system
+    stats = [(Path(p).name, w, os.path.getsize(p + ".bin"), os.path.getsize(p + ".idx"), _record(p).get("key"))
+             for p, w in entries]
     key = hashlib.sha256(json.dumps([fingerprint, stats]).encode()).hexdigest()[:12]
     meta = {"list": str(src.list_file), "shards": [p for p, _ in entries], "documents": len(shard), "tokens": shard.num_tokens}
     return shard, key, meta
 
 
+def _record(prefix: str) -> dict:
+    """The `<prefix>.json` that `cpt tokenize` writes beside a shard; {} for any other shard."""
+    try:
+        record = json.loads(Path(prefix + ".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _check_tokenizer(name: str, src, prefix: str, fingerprint: str) -> None:
     record = Path(prefix + ".json")
-    theirs = None
-    if record.is_file():
-        try:
-            tok = json.loads(record.read_text()).get("tokenizer")
-            theirs = tok.get("fingerprint") if isinstance(tok, dict) else None
-        except (ValueError, AttributeError):
-            theirs = None
+    tok = _record(prefix).get("tokenizer")
+    theirs = tok.get("fingerprint") if isinstance(tok, dict) else None
     if theirs is not None:
         if theirs != fingerprint:
             raise CptError(f"sources.{name}.list: {prefix} was tokenized with another tokenizer (fingerprint {theirs}, "

@@ -57,15 +57,17 @@ class PackedStream:
         return np.concatenate([docs, np.repeat(long, whole - 1), chosen]).astype(docs.dtype)
 
     def _weighted(self, factors: np.ndarray) -> np.ndarray:
-        """`doc_ids` with each document repeated factors[doc] times an epoch: floor(f) copies,
-        and one more for round(frac(f) x n) of the n documents sharing a factor (seeded, fixed)."""
-        f = factors[self.doc_ids]
-        parts = [np.repeat(self.doc_ids, np.floor(f).astype(np.int64))]
-        for value in np.unique(f[f != np.floor(f)]):
-            group = self.doc_ids[f == value]
-            extra = int(round((value - math.floor(value)) * len(group)))
-            pick = generator(self.seed, "list-weights", self.name, repr(float(value))).permutation(len(group))[:extra]
-            parts.append(group[np.sort(pick)])
+        """`doc_ids` with each `list:` shard k's documents read factors[k] times an epoch: floor(f)
+        copies of each, and one more for round(frac(f) x n) of its n documents (seeded, fixed)."""
+        docs = np.sort(self.doc_ids)
+        bounds = docs.searchsorted(self.shard.first)  # each shard's documents: docs[bounds[k]:bounds[k + 1]]
+        parts = []
+        for k, f in enumerate(factors):
+            group = docs[bounds[k] : bounds[k + 1]]
+            whole, extra = int(math.floor(f)), int(round((f - math.floor(f)) * len(group)))
+            parts.append(np.repeat(group, whole))
+            if extra:
+                parts.append(group[np.sort(generator(self.seed, "list-weights", self.name, k).permutation(len(group))[:extra])])
         return np.concatenate(parts).astype(self.doc_ids.dtype)
 
     def _epoch_layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:

@@ -42,21 +42,43 @@ def export(recipe_path: Path, out: Path, gpus: dict[str, int], force: bool = Fal
     key = {"kind": KIND, "recipe": str(Path(recipe_path).resolve()), "gpus": gpus}
     _check_out(out, key, force)
 
-    from ..data.prepare import RunData
+    from ..data.lists import check_lists
+    from ..data.tokenize import tokenizer_fingerprint
     from ..model.load import load_tokenizer
 
-    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(recipe.tokenizer_path)
+    check_lists(recipe, tokenizer_fingerprint(tokenizer), len(tokenizer))
+    for run in runs:
+        run.notes.extend(_unexpressed(recipe, run))
+    existed = out.is_dir()
     staging = out / ".export.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        _stage(recipe, Path(recipe_path), runs, segments, tokenizer, out, staging, key)
+    except BaseException:  # a refusal found while reading the data: OUT as it was (its shard cache aside)
+        shutil.rmtree(staging, ignore_errors=True)
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    _move_in(staging, out)
+    return runs
+
+
+def _stage(recipe: Recipe, recipe_path: Path, runs: list[Run], segments, tokenizer, out: Path, staging: Path,
+           key: dict) -> None:
+    """Every file of the export, written into `staging`."""
+    from ..data.prepare import RunData
+
     shards = recipe.data_dir or out / "shards"
-    data = RunData(recipe.model_copy(update={"data_dir": shards}), staging / "cpt", load_tokenizer(recipe.tokenizer_path))
+    data = RunData(recipe.model_copy(update={"data_dir": shards}), staging / "cpt", tokenizer)
     versions = _buffer(recipe, data)
     buffer_prefix = {v: str((out / "buffer" / f"v{v}").resolve()) for v in set(versions) if v}
     lists = {}
     for run in runs:
         entries = _entries(recipe, run, data, buffer_prefix.get(versions[run.stage]))
         lists[run.name] = entries
-        text = f"# {run.name}: stage {recipe.stages[run.stage].name} of {Path(recipe_path).name}; written by cpt export\n"
+        text = f"# {run.name}: stage {recipe.stages[run.stage].name} of {recipe_path.name}; written by cpt export\n"
         _write(staging / "lists" / f"{run.name}.txt", text + format_entries(entries))
         run.notes.extend(_blend_notes(run, entries))
     by_name = {r.name: r for r in runs}
@@ -64,12 +86,25 @@ def export(recipe_path: Path, out: Path, gpus: dict[str, int], force: bool = Fal
         script = launch_script(recipe, run, by_name.get(run.load), out.resolve())
         _write(staging / "runs" / f"{run.name}.sh", script, executable=True)
     _write(staging / "common.sh", common_script(recipe, out.resolve()), executable=True)
-    _write(staging / "README.md", readme(recipe, Path(recipe_path), runs, segments, data, lists))
+    _write(staging / "README.md", readme(recipe, recipe_path, runs, segments, data, lists))
     if (staging / "cpt" / "buffer").is_dir():
         shutil.move(staging / "cpt" / "buffer", staging / "buffer")
     write_json_atomic(staging / "export.json", key | {"cpt_version": __version__, "runs": [_record(r) for r in runs]})
-    _move_in(staging, out)
-    return runs
+
+
+def _unexpressed(recipe: Recipe, run: Run) -> list[str]:
+    """What cpt would do in this run that Megatron's run does not."""
+    st, notes = recipe.stages[run.stage], []
+    for name, w in (st.mix or {}).items():
+        src = recipe.sources.get(name)
+        if w > 0 and src is not None and src.upsample_long is not None:
+            notes.append(f"`{name}`'s upsample_long (x{src.upsample_long.factor:g} for documents over "
+                         f"{src.upsample_long.min_tokens:,} tokens) is not expressed: Megatron reads each document "
+                         "at its file's weight")
+    if st.guard is not None:
+        notes.append("the stage's guard does not run under Megatron (this is the ladder's first rung): watch "
+                     f"`{st.guard.source or st.guard.task}` yourself, and fall back by hand")
+    return notes
 
 
 def _check_out(out: Path, key: dict, force: bool) -> None:

@@ -55,8 +55,9 @@ class Run:
         return not self.finetune and loaded is not None and loaded.lr != self.lr
 
     def universal(self, loaded: "Run | None") -> bool:
-        """Does it resume on another GPU count than the run that saved its checkpoint?"""
-        return loaded is not None and loaded.gpus != self.gpus
+        """Does it resume optimizer state saved on another GPU count? (--finetune loads the model's
+        weights only, which are not split over data-parallel ranks: any count reads them.)"""
+        return not self.finetune and loaded is not None and loaded.gpus != self.gpus
 
 
 def plan_runs(recipe: Recipe, gpus: dict[str, int] | int = 1, segments: list[Segment] | None = None) -> list[Run]:
@@ -229,8 +230,14 @@ def curve_flags(curve: Curve, origin: int, seq_len: int, stage: str, start: int,
         return flags | dict(lr_decay_style="constant", plus_cooldown=(last.end - last.start) // seq_len)
     if last.shape in ("linear", "cosine"):  # the decay starts where Megatron's warmup ends
         return flags | dict(lr_decay_style=last.shape, warmup=s(last.start))
-    raise refuse(f"a {last.shape} decay (Megatron-DeepSpeed decays linear, cosine, inverse-square-root, 1-sqrt "
-                 "after a constant LR, or exponentially inside an infinite schedule)")
+    # exponential: an infinite schedule's anneal, its earlier phases laid over [0, start) and flat
+    # (cooling from LR_max to constant_lr = LR_max); it needs a start past sample 0 and a floor > 0
+    start = s(last.start)
+    if start == 0 or not 0 < last.lr_to < last.lr_from:
+        raise refuse(f"an exponential decay to {last.lr_to:g} from the first sample Megatron counts (it is an "
+                     "infinite schedule's anneal there: it needs earlier samples and a final LR above 0)")
+    return flags | dict(lr_decay_style="infinite-cosine", warmup=0, constant_lr=last.lr_from, timescale=10.0,
+                        cooldown=start, constant=0)
 
 
 def megatron_args(phases: dict, gbs: int) -> dict:

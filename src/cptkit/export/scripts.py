@@ -18,7 +18,7 @@ DEEPSPEED_CONVERTER = "$DEEPSPEED_DIR/deepspeed/checkpoint/ds_to_universal.py"
 
 
 def common_script(recipe: Recipe, out: Path) -> str:
-    cfg = _model_config(recipe)
+    cfg, o = _model_config(recipe), recipe.optimizer
     shape = [("NLAYERS", "num_hidden_layers"), ("HIDDEN", "hidden_size"), ("HEADS", "num_attention_heads"),
              ("NUM_KV_HEAD", "num_key_value_heads"), ("FFN_HIDDEN_SIZE", "intermediate_size")]
     lines = [
@@ -33,6 +33,9 @@ def common_script(recipe: Recipe, out: Path) -> str:
         "# The base model's shape and tokenizer (helpers.sh's MODEL_ARCH presets may hard-code another shape):",
         f"export SEQ={recipe.seq_len} " + " ".join(f"{k}={cfg[v]}" for k, v in shape if v in cfg),
         f"export TOKENIZER_TYPE=HFTokenizer TOKENIZER_MODEL={recipe.tokenizer_path.resolve()}",
+        "# The recipe's AdamW, for helpers.sh versions that read them (others hard-code 0.1, 0.9, 0.95, 1e-5, 1.0):",
+        f"export WEIGHT_DECAY={o.weight_decay!r} ADAM_BETA1={o.betas[0]!r} ADAM_BETA2={o.betas[1]!r} ADAM_EPS={o.eps!r}"
+        + (f" CLIP_GRAD={o.grad_clip!r}" if o.grad_clip is not None else ""),
         "",
     ]
     return "\n".join(lines)
@@ -75,7 +78,7 @@ def launch_script(recipe: Recipe, run: Run, loaded: Run | None, out: Path) -> st
     if first:
         head.append(f"FIRST=({' '.join(first)})  # on the run's first start only")
     if run.universal(loaded):
-        step = f"$LOAD/global_step{run.iter0}"
+        step = f"$LOAD/global_step{loaded.train_iters}"
         head += [f"# {loaded.name} saved on {loaded.gpus} GPU(s), this run trains on {run.gpus}: load a universal checkpoint",
                  f'if [ ! -f "$SAVE/latest" ] && [ ! -d "{step}_universal" ]; then python3 "{DEEPSPEED_CONVERTER}" '
                  f'--input_folder "{step}" --output_folder "{step}_universal"; fi']
@@ -180,6 +183,7 @@ def _optimizer_note(recipe: Recipe) -> list[str]:
     ours = (o.weight_decay, tuple(o.betas), o.eps, o.grad_clip)
     if ours == (0.1, (0.9, 0.95), 1e-5, 1.0):
         return []
-    return [f"- **The optimizer.** helpers.sh fixes AdamW to weight decay 0.1, betas (0.9, 0.95), eps 1e-5 and "
-            f"gradient clipping 1.0, after any extra argument; the recipe uses {o.weight_decay:g}, "
-            f"({o.betas[0]:g}, {o.betas[1]:g}), {o.eps:g} and {o.grad_clip}: edit them there to train alike."]
+    return [f"- **The optimizer.** The recipe's AdamW (weight decay {o.weight_decay:g}, betas ({o.betas[0]:g}, "
+            f"{o.betas[1]:g}), eps {o.eps:g}, clipping {o.grad_clip}) is exported in `common.sh` as WEIGHT_DECAY, "
+            "ADAM_BETA1/2, ADAM_EPS and CLIP_GRAD; some versions of helpers.sh hard-code weight decay 0.1, betas "
+            "(0.9, 0.95), eps 1e-5 and clipping 1.0 after any extra argument: check yours, and edit it there."]

@@ -92,6 +92,9 @@ def test_the_lists_weights_are_the_shares_of_the_sources_samples(parts):
     first = stream.epoch_docs < len(a)
     got = shard.lengths[stream.epoch_docs[first]].sum() / shard.lengths[stream.epoch_docs].sum()
     assert got == pytest.approx(0.75, abs=0.01)
+    from cptkit.data.buffer import document_files
+
+    assert np.array_equal(document_files(shard), np.repeat([0, 1], [len(a), len(b)]))  # `representative`'s strata
     natural = ListShard([str(root / "web-1"), str(root / "web-2")], [a.num_tokens, b.num_tokens], "web")
     assert natural.factors is None  # weighted by tokens, as ALCF's lists: every document once an epoch
     # printed to 6 digits (blendcorpus), a token-weighted list still reads each document once

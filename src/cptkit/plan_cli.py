@@ -76,7 +76,7 @@ def source_sizes(recipe: Recipe, out: Path | None) -> dict[str, SourceSize]:
     sizes = {}
     for name, src in recipe.sources.items():
         if src.list_file is not None:  # counted from the shards' .idx files (and checked, as a run checks them)
-            shard = open_list(name, src, fp, len(tokenizer), shard_dir)[0]
+            shard = open_list(name, src, fp, len(tokenizer), recipe.data_dir)[0]  # a dry run writes no --out
         elif src.prefix is not None:
             shard = Shard(_existing_shard(name, src.prefix, fp, len(tokenizer)).prefix)
         elif shard_dir is not None:  # hashing the inputs finds their cached shard

@@ -102,6 +102,8 @@ def document_files(shard: Shard) -> np.ndarray:
     """Index of the input file each document of `shard` came from, from its `<prefix>.json`
     (`inputs`: `first_document`, `documents`); all 0 when the shard has no such record."""
     files = np.zeros(len(shard), dtype=np.int64)
+    if hasattr(shard, "first"):  # a `list:` source (data/lists.py): its shards are its files
+        return np.repeat(np.arange(len(shard.first) - 1), np.diff(shard.first))
     path = Path(shard.prefix + ".json")
     inputs = json.loads(path.read_text()).get("inputs") if path.is_file() else None
     for i, rec in enumerate(inputs or []):

@@ -58,5 +58,7 @@ def run(args) -> int:
             if r.load == BASE else (f"from {r.load}'s weights" if r.finetune else f"resumes {r.load}")
         print(f"{r.name}: iterations {r.iter0 + 1}-{r.train_iters}, {start}, LR {r.lr['lr_decay_style']}"
               + (f"; {len(r.notes)} note(s) in the README" if r.notes else ""))
+        if r.deviation > 0.01:  # past what the export promises: say so here, not only in the README
+            print(f"warning: {r.name}: Megatron's LR is up to {r.deviation:.1%} off the plan's (see the README)")
     print(f"wrote {len(runs)} runs to {args.out} (see {args.out / 'README.md'})")
     return 0

@@ -139,6 +139,10 @@ def readme(recipe: Recipe, recipe_path: Path, runs: list[Run], segments, data, l
         parts.append(f"### `{r.name}`")
         parts.append("")
         parts.append(f"- Stage `{st.name}` ({seg.kind}): {seg.describe()}.")
+        if st.strategy is not None and st.strategy.name == "strategy4":
+            parts.append("- Strategy 4: `<stage>.base` decays on the old data alone; the new mix starts at the first "
+                         "step whose LR is at or below LR_max / 5, which is where its two runs meet (Megatron cannot "
+                         "change the data within a run).")
         parts.append(f"- Starts from {_start_words(recipe, r, by_name.get(r.load))}.")
         parts.append("- Megatron's LR matches the plan's at every iteration." if r.deviation <= 1e-6 else
                      f"- Megatron's LR is within {r.deviation:.2%} of the plan's.")

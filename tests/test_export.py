@@ -330,25 +330,6 @@ def test_bad_gpus(flag, message, tmp_path, shared, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_exported_buffer_is_the_one_cpt_run_builds(tmp_path, shared):
-    """The buffer's shard holds the very documents a `cpt run` of the recipe puts there."""
-    from conftest import corpus_heads, write_recipe
-
-    stories, math_ = corpus_heads(tmp_path / "corpora", shared, 200_000, 400)
-    sources = (f'  stories: {{paths: [{stories}], separator: "<|endoftext|>"}}\n'
-               f'  math: {{paths: [{math_}], template: "{{question}}"}}')
-    stages = """  - {name: a, tokens: 512, mix: {stories: 0.5, math: 0.5}, buffer_add: {source: math, tokens: 3000}}
-  - {name: b, tokens: 512, mix: {stories: 0.5, buffer: 0.5}}"""
-    header = f"validation: {{tokens_per_source: 512}}\ndata_dir: {tmp_path / 'shards'}"
-    recipe = write_recipe(tmp_path / "r.yaml", shared, sources, stages, header=header)
-    assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 0
-    assert main(["export", "megatron-deepspeed", str(recipe), "--out", str(tmp_path / "out")]) == 0
-    for ext in (".bin", ".idx"):
-        assert (tmp_path / "out" / "buffer" / f"v1{ext}").read_bytes() == (tmp_path / "run" / "buffer" / f"v1{ext}").read_bytes()
-    entries = read_list(tmp_path / "out" / "lists" / "02-b.txt")
-    assert [(e.corpus, e.weight) for e in entries] == [("stories", 0.5), ("buffer", 0.5)]
-
-
 FAKE_TRAIN = """#!/bin/bash
 echo "LOAD=$LOAD SAVE=$SAVE TRAIN_ITERS=$TRAIN_ITERS GLOBAL_BATCH=$GLOBAL_BATCH TRAIN_TOKENS=${TRAIN_TOKENS:-unset} $*" >> "$LOG"
 """

@@ -9,11 +9,13 @@ import pytest
 
 from cptkit.cli import main
 from cptkit.data.lists import ListShard
+from cptkit.data.mixlists import read_list
 from cptkit.data.packing import PackedStream
 from cptkit.data.shards import Shard, ShardWriter
 
 SOURCE = '  web: {{list: {list}{extra}}}\n  stories: {{paths: [{stories}], separator: "<|endoftext|>"}}'
-STAGES = "  - {name: a, tokens: 1024, mix: {web: 0.5, stories: 0.5}}"
+STAGES = """  - {name: a, tokens: 1024, mix: {web: 0.5, stories: 0.5}, buffer_add: {source: web, tokens: 3000}}
+  - {name: b, tokens: 512, mix: {stories: 0.5, buffer: 0.5}}"""
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,12 @@ def test_a_list_source_trains_in_place_and_plan_counts_it_exactly(tmp_path, shar
     fed = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     seen = next(r["data_seen"] for r in fed if r.get("kind") == "data")
     assert seen["web"]["tokens"] == seen["stories"]["tokens"] == 512  # half of the stage's 1,024 tokens each
+    # exported, its replay buffer holds the very documents the run put there (taken from the list's shards)
+    assert main(["export", "megatron-deepspeed", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / "out" / "buffer" / f"v1{ext}").read_bytes() == (tmp_path / "run" / "buffer" / f"v1{ext}").read_bytes()
+    assert [(e.corpus, e.weight) for e in read_list(tmp_path / "out" / "lists" / "02-b.txt")] == \
+        [("stories", 0.5), ("buffer", 0.5)]
 
 
 def test_a_list_reads_the_same_samples_as_one_shard_of_the_same_documents(tmp_path, parts):
@@ -162,12 +170,10 @@ def test_bad_lists_are_one_line_errors(tmp_path, shared, parts, capsys):
 
 
 def test_a_list_source_exports_as_its_shards(tmp_path, shared, parts):
-    from cptkit.data.mixlists import read_list
-
     root, stories = parts
     listfile = write_list(tmp_path / "w.txt", [(2, root / "web-1"), (1, root / "web-2")])
     recipe = recipe_with(tmp_path, shared, root, stories, listfile)
     assert main(["export", "megatron-deepspeed", str(recipe), "--out", str(tmp_path / "out")]) == 0
-    entries = {e.prefix: e.weight for e in read_list(tmp_path / "out" / "lists" / "01-a.txt")}
+    entries = {e.prefix: e.weight for e in read_list(tmp_path / "out" / "lists" / "01-a.txt") if e.corpus == "web"}
     assert entries[str(root / "web-1")] == pytest.approx(0.5 * 2 / 3, rel=1e-12)
     assert entries[str(root / "web-2")] == pytest.approx(0.5 / 3, rel=1e-12)

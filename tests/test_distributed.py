@@ -84,11 +84,35 @@ def plan_recipe(dir: Path, shared: Path) -> Path:
     return path
 
 
-def cpt_run(n: int, *args) -> subprocess.CompletedProcess:
+def cpt_start(n: int, *args) -> subprocess.Popen:
+    """`cpt run` on n ranks (torchrun for n > 1), started: `finished` waits for it. Its output goes
+    to files, so that runs side by side never wait on a full pipe."""
+    import tempfile
+
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)] if n > 1 else [sys.executable]
-    return subprocess.run([*launch, "-m", "cptkit", "run", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=600)
+    logs = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([*launch, "-m", "cptkit", "run", *map(str, args)], stdout=logs[0], stderr=logs[1], env=env)
+    proc.logs = logs
+    return proc
+
+
+def finished(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    out = []
+    for f in proc.logs:
+        with f:
+            f.seek(0)
+            out.append(f.read())
+    return subprocess.CompletedProcess(proc.args, proc.returncode, *out)
+
+
+def cpt_run(n: int, *args) -> subprocess.CompletedProcess:
+    return finished(cpt_start(n, *args))
 
 
 def records(out: Path, kind: str) -> list[dict]:
@@ -100,13 +124,19 @@ def one_and_two_ranks(recipe: Path, tmp_path: Path) -> tuple[dict[int, Path], li
     """The recipe run by one process and by 2 ranks (run folders w1, w2): the same batches, and
     the same losses within 1e-5. Returns the folders and one process's train records."""
     outs = {n: tmp_path / f"w{n}" for n in (1, 2)}
-    for n, out in outs.items():
-        res = cpt_run(1, recipe, "--out", out, "--nproc", str(n))
+    one = cpt_start(1, recipe, "--out", outs[1])  # beside the 2 ranks: one process keeps to one core
+    for res in (cpt_run(2, recipe, "--out", outs[2]), finished(one)):
         assert res.returncode == 0, res.stderr[-3000:]
+    return outs, same_steps(outs)
+
+
+def same_steps(outs: dict[int, Path]) -> list[dict]:
+    """The runs of one process and of 2 ranks (`outs`): the same batches, and the same losses
+    within 1e-5. Returns one process's train records."""
     a, b = records(outs[1], "train"), records(outs[2], "train")
     for x, y in zip(a, b, strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["batch_crc32"] == x["batch_crc32"]
-    return outs, a
+    return a
 
 
 def close(a, b, rel=1e-5):
@@ -120,29 +150,41 @@ def close(a, b, rel=1e-5):
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory, shared):
-    """The plan recipe, run uninterrupted by one process."""
+def single_started(tmp_path_factory, shared):
+    """The plan recipe, run uninterrupted by one process: started (the first test that needs it
+    runs its own beside it), and `single` once it has finished."""
     root = tmp_path_factory.mktemp("single")
     recipe = plan_recipe(root, shared)
-    res = cpt_run(1, recipe, "--out", root / "one")
+    proc = cpt_start(1, recipe, "--out", root / "one")
+    yield recipe, root / "one", proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def single(single_started):
+    recipe, out, proc = single_started
+    res = finished(proc)
     assert res.returncode == 0, res.stderr[-3000:]
-    return recipe, root / "one"
+    return recipe, out
 
 
-def test_cpt_run_on_two_ranks_equals_one_process(single, tmp_path, shared):
+def test_cpt_run_on_two_ranks_equals_one_process(single_started, tmp_path, shared, request):
     """The plan under torchrun with 2 ranks, writing its checkpoints asynchronously: the same
     samples in the same order (batch fingerprints), per-step losses and LRs, the summary within
     1e-5, the frozen embeddings bit-identical, the same checkpoints (sealed; stage b starts from
     one) and export."""
     import yaml
 
-    recipe, one = single
+    recipe = single_started[0]
     two = tmp_path / "two"
     spec = yaml.safe_load(recipe.read_text())
     spec["checkpoint"]["async"] = True
     (tmp_path / "async.yaml").write_text(yaml.safe_dump(spec))
     res = cpt_run(1, tmp_path / "async.yaml", "--out", two, "--nproc", "2")  # cpt launches torchrun itself
     assert res.returncode == 0, res.stderr[-3000:]
+    one = request.getfixturevalue("single")[1]  # the one process, run meanwhile
     saves = records(two, "checkpoint")
     assert all(r["async"] and r["blocked_s"] >= 0 for r in saves)
     assert sorted(r["name"] for r in saves) == sorted(p.name for p in (two / "checkpoints").iterdir())  # all sealed
@@ -173,21 +215,28 @@ def test_cpt_run_on_two_ranks_equals_one_process(single, tmp_path, shared):
     assert torch.equal(at_a.get_input_embeddings().weight, base.get_input_embeddings().weight)  # frozen in a, 2 ranks
 
 
-def killed(n: int, recipe: Path, out: Path, after: str) -> None:
-    """Start `cpt run` on n ranks and, once checkpoint `after` exists, SIGKILL one process: the
-    one process, or rank 1 of several, after which torchrun must end the others by itself."""
+def killed(n: int, recipe: Path, out: Path, after: str, resume: bool = False) -> str:
+    """Start `cpt run` (or `cpt run --resume`) on n ranks and, once checkpoint `after` exists,
+    SIGKILL one process: the one process, or rank 1 of several, after which torchrun must end the
+    others by itself. Returns what the run printed."""
     import signal
+    import tempfile
     import time
 
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    assert not (out / "checkpoints" / after).exists(), f"{after} was written before its run started"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)] if n > 1 else [sys.executable]
-    proc = subprocess.Popen([*launch, "-m", "cptkit", "run", str(recipe), "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([*launch, "-m", "cptkit", "run", str(recipe), "--out", str(out), *(["--resume"] if resume else [])],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     pattern = f"cptkit run {recipe} --out {out}"  # torchrun's workers run in sessions of their own
     try:
         deadline = time.time() + 300
         while not (out / "checkpoints" / after).exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
+        if not (out / "checkpoints" / after).exists():
+            log.seek(0)
+            raise AssertionError(f"no {after} from the run: {log.read()[-3000:]}")
         os.kill(proc.pid if n == 1 else rank_pid(pattern, 1), signal.SIGKILL)
         assert proc.wait(timeout=120) != 0  # torchrun saw its worker die and stopped the rest
         assert not rank_pids(pattern), "a rank outlived the failure"
@@ -197,6 +246,9 @@ def killed(n: int, recipe: Path, out: Path, after: str) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert not (out / "summary.json").exists(), "the run finished before it could be killed"
+    with log:
+        log.seek(0)
+        return log.read()
 
 
 def rank_pids(pattern: str) -> dict[int, int]:
@@ -225,16 +277,21 @@ def rank_pid(pattern: str, rank: int) -> int:
     raise AssertionError(f"no rank {rank} process found")
 
 
-@pytest.mark.parametrize("before,after", [(2, 1), (1, 2), (4, 2)])
-def test_a_checkpoint_reshards_to_another_world_size(single, tmp_path, before, after):
-    """Saved by `before` ranks, resumed on `after`: the same data position (batch fingerprints),
-    schedule and optimizer state; the run ends as the uninterrupted one. The first run dies by
-    SIGKILL to one rank in the middle of a stage (torchrun ends the other)."""
+def test_a_checkpoint_reshards_to_another_world_size(single, tmp_path):
+    """Saved by one world size, resumed on another, three times over in one run: 4 ranks -> 2
+    -> 1 process -> 2 ranks. Each run but the last dies by SIGKILL to one rank (torchrun ends the
+    others) in the middle of a stage, once a checkpoint exists: step 4 and step 8 of stage a, step
+    14 in b.base. Each resume takes up the same data position (batch fingerprints), schedule and
+    optimizer state: every step's batch and loss, and the summary, are the uninterrupted run's."""
     recipe, full = single
     cut = tmp_path / "cut"
-    killed(before, recipe, cut, "step-0000008")
-    res = cpt_run(after, recipe, "--out", cut, "--resume")
+    worlds = [4, 2, 1, 2]  # each hand-over: 4 -> 2, 2 -> 1, 1 -> 2
+    logs = [killed(n, recipe, cut, after, resume=i > 0)
+            for i, (n, after) in enumerate(zip(worlds, ["step-0000004", "step-0000008", "step-0000014"]))]
+    res = cpt_run(worlds[-1], recipe, "--out", cut, "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
+    for log in [*logs[1:], res.stdout + res.stderr]:  # each run after the first took up the one before
+        assert f"resuming from {cut / 'checkpoints'}" in log, log[-3000:]
     a, b = records(full, "train"), records(cut, "train")
     assert [r["batch_crc32"] for r in a] == [r["batch_crc32"] for r in b]  # nothing repeated or skipped
     for x, y in zip(a, b):
@@ -359,19 +416,30 @@ def test_validation_split_over_ranks_sums_to_the_whole():
     assert sum(parts) / 7 == pytest.approx(whole, rel=1e-6)
 
 
-def test_gpu_ranks_without_gpus_or_nccl_are_one_line(tmp_path, shared, monkeypatch):
-    """`device: cuda` with more ranks than GPUs (none here) and a torch without NCCL: one line,
-    exit 2, before any process starts or anything is written."""
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory, shared):
+    """`cpt run --nproc N` on the plan where it must stop before it launches anything, both
+    commands side by side: name -> (the result, its --out). `gpu`: `device: cuda` on 2 ranks;
+    `split`: 3 ranks, which do not split the batch."""
     import yaml
 
+    root = tmp_path_factory.mktemp("refused")
+    plan = plan_recipe(root, shared)
+    (root / "gpu.yaml").write_text(yaml.safe_dump(yaml.safe_load(plan.read_text()) | {"device": "cuda"}))
+    started = {name: cpt_start(1, recipe, "--out", root / f"out-{name}", "--nproc", n)
+               for name, recipe, n in (("gpu", root / "gpu.yaml", 2), ("split", plan, 3))}
+    return {name: (finished(proc), root / f"out-{name}") for name, proc in started.items()}
+
+
+def test_gpu_ranks_without_gpus_or_nccl_are_one_line(refused, monkeypatch):
+    """`device: cuda` with more ranks than GPUs (none here) and a torch without NCCL: one line,
+    exit 2, before any process starts or anything is written."""
     from cptkit.distributed import env
 
-    recipe = yaml.safe_load(plan_recipe(tmp_path, shared).read_text()) | {"device": "cuda"}
-    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(recipe))
-    res = cpt_run(1, tmp_path / "gpu.yaml", "--out", tmp_path / "out", "--nproc", "2")
+    res, out = refused["gpu"]
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert "device: cuda: --nproc asks for 2 ranks on this node but it has 0 GPU(s)" in res.stderr
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
@@ -385,11 +453,11 @@ def test_gpu_ranks_without_gpus_or_nccl_are_one_line(tmp_path, shared, monkeypat
         env.from_env(torch.device("cuda"))
 
 
-def test_nproc_that_does_not_split_the_batch_is_refused_before_launch(tmp_path, shared):
-    res = cpt_run(1, plan_recipe(tmp_path, shared), "--out", tmp_path / "out", "--nproc", "3")
+def test_nproc_that_does_not_split_the_batch_is_refused_before_launch(refused):
+    res, out = refused["split"]
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert "stages[0] (a): batch_tokens: 8 samples a step do not split into micro_batch 2 x 3 ranks" in res.stderr
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()
 
 
 def test_relora_under_two_ranks_merges_like_one_process(tmp_path, shared):
@@ -416,7 +484,19 @@ def test_relora_under_two_ranks_merges_like_one_process(tmp_path, shared):
                           "buffer_add": {"source": "wiki", "tokens": 1000, "policy": "hard"}}]}
     path = tmp_path / "relora.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    outs, a = one_and_two_ranks(path, tmp_path)
+    # the 2 ranks first; then, side by side, one process's run and one process resuming a copy of
+    # the 2 ranks' run from its checkpoint in the middle of the first cycle (step 3)
+    outs = {n: tmp_path / f"w{n}" for n in (1, 2)}
+    res = cpt_run(2, path, "--out", outs[2])
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = tmp_path / "w2-resumed"
+    shutil.copytree(outs[2], resumed, symlinks=True)
+    for name in ("step-0000006", "r@final"):
+        shutil.rmtree(resumed / "checkpoints" / name)
+    started = [cpt_start(1, path, "--out", outs[1]), cpt_start(1, path, "--out", resumed, "--resume")]
+    res, again = (finished(p) for p in started)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = same_steps(outs)
     events = [records(o, "relora") for o in outs.values()]
     assert [e["event"] for e in events[1]] == ["start", "merge", "merge", "end"]
     assert [e.get("pruned") for e in events[0]] == [e.get("pruned") for e in events[1]]
@@ -440,15 +520,12 @@ def test_relora_under_two_ranks_merges_like_one_process(tmp_path, shared):
             tol = 2e-4 if "lora_" in k else 1e-5
             torch.testing.assert_close(flat[1][k], flat[0][k], rtol=1e-4, atol=tol, msg=lambda m: f"{k}: {m}")
     # the 2 ranks' checkpoint in the middle of the first cycle (step 3), resumed by one process
-    for name in ("step-0000006", "r@final"):
-        shutil.rmtree(outs[2] / "checkpoints" / name)
-    res = cpt_run(1, path, "--out", outs[2], "--resume")
-    assert res.returncode == 0 and "resuming from" in res.stdout + res.stderr, res.stderr[-3000:]
-    for x, y in zip(a, records(outs[2], "train"), strict=True):
+    assert again.returncode == 0 and "resuming from" in again.stdout + again.stderr, again.stderr[-3000:]
+    for x, y in zip(a, records(resumed, "train"), strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
-    resumed = load_file(outs[2] / "model" / "model.safetensors")
+    model = load_file(resumed / "model" / "model.safetensors")
     for k in ends[0]:
-        torch.testing.assert_close(resumed[k], ends[0][k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model[k], ends[0][k], rtol=1e-4, atol=1e-5)
 
 
 def _flatten(d, prefix=""):

@@ -37,37 +37,55 @@ FAKE = {  # the scheduler commands the launch scripts call, standing in for a on
 }
 
 
-@pytest.mark.parametrize("script", ["slurm.sbatch", "pbs_polaris.sh"])
-def test_multinode_launch_scripts_run_cpt_through_torchrun_rendezvous(script, tmp_path, shared):
-    """The SLURM and PBS scripts in examples/multinode, on a one-node 'allocation' of 2 CPU ranks:
-    torchrun's c10d rendezvous, `cpt run --resume` on a new folder, a finished run."""
+@pytest.fixture(scope="module")
+def multinode_runs(tmp_path_factory, shared):
+    """The SLURM and PBS scripts in examples/multinode, each on a one-node 'allocation' of 2 CPU
+    ranks with a rendezvous port of its own, started side by side: script -> (the script's
+    process, its folder). Each test waits for its own."""
     import os
     import subprocess
     import sys
 
     import yaml
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in FAKE.items():
-        (bin_dir / name).write_text(body)
-        (bin_dir / name).chmod(0o755)
-    nodefile = tmp_path / "nodes"
-    nodefile.write_text("localhost\n")
-    recipe = {"model": {"path": f"{shared}/models/stories260K"}, "seq_len": 64, "micro_batch": 2, "batch_tokens": 256,
-              "sources": {"stories": {"paths": [f"{shared}/corpora/en/tinystories.txt"], "separator": "<|endoftext|>"}},
-              "validation": {"tokens_per_source": 128}, "stages": [{"name": "a", "tokens": 512, "mix": {"stories": 1.0}}]}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHONPATH": str(root / "src"), "RECIPE": str(tmp_path / "r.yaml"), "OUT": str(tmp_path / "out"),
-           "GPUS_PER_NODE": "2", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PORT": "29517",
-           "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_ID": "7",
-           "PBS_NODEFILE": str(nodefile), "PBS_O_WORKDIR": str(root), "PBS_JOBID": "7.polaris"}
-    env.pop("WORLD_SIZE", None)
-    res = subprocess.run(["bash", str(root / "examples" / "multinode" / script)], capture_output=True, text=True,
-                         env=env, cwd=root, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    runs = {}
+    for port, script in enumerate(["slurm.sbatch", "pbs_polaris.sh"], start=29517):
+        tmp_path = tmp_path_factory.mktemp(script.replace(".", "-"))
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        for name, body in FAKE.items():
+            (bin_dir / name).write_text(body)
+            (bin_dir / name).chmod(0o755)
+        nodefile = tmp_path / "nodes"
+        nodefile.write_text("localhost\n")
+        recipe = {"model": {"path": f"{shared}/models/stories260K"}, "seq_len": 64, "micro_batch": 2,
+                  "batch_tokens": 256,
+                  "sources": {"stories": {"paths": [f"{shared}/corpora/en/tinystories.txt"], "separator": "<|endoftext|>"}},
+                  "validation": {"tokens_per_source": 128}, "stages": [{"name": "a", "tokens": 512, "mix": {"stories": 1.0}}]}
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+        env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+               "PYTHONPATH": str(root / "src"), "RECIPE": str(tmp_path / "r.yaml"), "OUT": str(tmp_path / "out"),
+               "GPUS_PER_NODE": "2", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PORT": str(port),
+               "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_ID": "7",
+               "PBS_NODEFILE": str(nodefile), "PBS_O_WORKDIR": str(root), "PBS_JOBID": "7.polaris"}
+        env.pop("WORLD_SIZE", None)
+        with open(tmp_path / "stderr", "w") as stderr:
+            runs[script] = (subprocess.Popen(["bash", str(root / "examples" / "multinode" / script)],
+                                             stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=root), tmp_path)
+    yield runs
+    for proc, _ in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("script", ["slurm.sbatch", "pbs_polaris.sh"])
+def test_multinode_launch_scripts_run_cpt_through_torchrun_rendezvous(script, multinode_runs):
+    """The SLURM and PBS scripts in examples/multinode, on a one-node 'allocation' of 2 CPU ranks:
+    torchrun's c10d rendezvous, `cpt run --resume` on a new folder, a finished run."""
+    proc, tmp_path = multinode_runs[script]
+    assert proc.wait(timeout=300) == 0, (tmp_path / "stderr").read_text()[-3000:]
     assert (tmp_path / "out" / "summary.json").is_file() and (tmp_path / "out" / "model" / "config.json").is_file()
 
 

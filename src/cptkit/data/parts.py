@@ -47,7 +47,7 @@ def split(files: list[Path], n: int) -> list[list[Path]]:
 
 
 def write_list(out: Path, prefixes: list[Path], corpus: str | None) -> list[Entry]:
-    """`out`: one line per shard, `tokens/total prefix corpus`, at full precision."""
+    """`out`: one line per shard, `tokens/total prefix corpus` (absolute prefix), at full precision."""
     if not prefixes:
         raise CptError("--list: give the shards' prefixes (PREFIX for PREFIX.bin/.idx)")
     tokens = []
@@ -58,6 +58,8 @@ def write_list(out: Path, prefixes: list[Path], corpus: str | None) -> list[Entr
         tokens.append(shard.num_tokens)
     total = sum(tokens)
     corpus = corpus or Path(out).stem
-    entries = [Entry(t / total, str(p), corpus, i + 1) for i, (p, t) in enumerate(zip(prefixes, tokens))]
+    # absolute: Megatron reads a relative prefix from its working directory, a `list:` source from
+    # the list's folder; a path from the root means the same shard to both, wherever they run
+    entries = [Entry(t / total, str(Path(p).resolve()), corpus, i + 1) for i, (p, t) in enumerate(zip(prefixes, tokens))]
     write_text_atomic(Path(out), format_entries(entries))
     return entries

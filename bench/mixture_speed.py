@@ -4,7 +4,9 @@
    loop (Megatron's rule) timed on 1M samples and scaled linearly; peak memory of our build;
 2. a random training sample (`PackedStream.sample`, documents packed across boundaries) vs a raw
    `np.memmap` slice of the same length at a random offset of the same .bin;
-3. resuming at step 10 vs step 10^6: planning the stage and fetching that step's batch.
+3. resuming at step 10 vs step 10^6: planning the stage and fetching that step's batch;
+4. a random sample of a `list:` source (the same documents in 4 shards, read in place) vs the same
+   sample of the one shard.
 
     .venv/bin/python bench/mixture_speed.py
 """
@@ -103,7 +105,35 @@ def resume_bench(stream: PackedStream, samples_per_step: int = 512) -> None:
           f"{times[10] * 1e3:.1f} ms, step 10^6 {times[10**6] * 1e3:.1f} ms -> ratio {times[10**6] / times[10]:.2f}")
 
 
+def list_bench(folder: Path, stream: PackedStream, parts: int = 4, fetches: int = 20_000) -> None:
+    """The same documents, written as `parts` shards and joined by a data-file list (data/lists.py)."""
+    from cptkit.data.lists import ListShard
+
+    shard, prefixes = stream.shard, []
+    for k, docs in enumerate(np.array_split(np.arange(len(shard)), parts)):
+        with ShardWriter(folder / f"part{k}", shard.dtype) as w:
+            for i in docs:
+                w.add(shard[int(i)])
+        prefixes.append(str(folder / f"part{k}"))
+    joined = ListShard(prefixes, [Shard(p).num_tokens for p in prefixes], "list")
+    listed = PackedStream("s", joined, np.arange(len(joined)), stream.seq_len, seed=0)
+    samples = np.random.default_rng(2).integers(0, stream.samples_per_epoch, size=fetches)
+    assert all(np.array_equal(stream.sample(x), listed.sample(x)) for x in samples[:100])  # the same samples
+    rounds = {"one shard": [], "list": []}
+    for _ in range(5):
+        for name, st in (("one shard", stream), ("list", listed)):
+            t0 = time.perf_counter()
+            for x in samples:
+                st.sample(x)
+            rounds[name].append((time.perf_counter() - t0) / fetches * 1e6)
+    one_us, list_us = (statistics.median(v) for v in rounds.values())
+    print(f"random {stream.seq_len}-token sample of a list: source ({parts} shards): {list_us:.1f} us vs one shard "
+          f"{one_us:.1f} us -> {list_us / one_us:.2f}x")
+
+
 if __name__ == "__main__":
     order_bench()
     with tempfile.TemporaryDirectory() as tmp:
-        resume_bench(fetch_bench(Path(tmp)))
+        stream = fetch_bench(Path(tmp))
+        resume_bench(stream)
+        list_bench(Path(tmp), stream)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import mixlists, tokenize_cli
-from .data.lists import TRUST_ENV
+from .data.lists import TRUST_ENV, add_trust_flag
 from .export import cli as export_cli
 from . import passkey_cli, plan_cli, schedule_cli, upscale_cli
 from .sweep import cli as sweep_cli
@@ -31,10 +31,6 @@ scratch (stage 1, WSD schedule), then runs the cookbook's transitions from stage
 checkpoint: 5% replay, a D0/D2/buffer mix, and a cooldown with a mix. Prints where the report is."""
 
 
-TRUST_HELP = ("take the shards of `list:` sources that carry no record of their tokenizer as the recipe "
-              "tokenizer's (or declare tokenizer_fingerprint: on the source)")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cpt", description="Continual pre-training of language models.")
     p.add_argument("--version", action="version", version=f"cpt {__version__} (cptkit)")
@@ -46,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     run.add_argument("--nproc", type=int, default=1, metavar="N",
                      help="train on N processes of this machine (launches torchrun; one per GPU, or CPU ranks)")
-    run.add_argument("--trust-shards", action="store_true", help=TRUST_HELP)
+    add_trust_flag(run)
     run.add_argument("--peak-tflops", type=float, default=None, metavar="T",
                      help="the device's dense bf16 peak in TFLOP/s, for MFU (known GPUs are looked up)")
     demo = sub.add_parser("demo", help="a 5-minute self-contained demo on CPU", description=DEMO_HELP,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.packing import PackedStream
-from .data.lists import open_list
+from .data.lists import add_trust_flag, open_list
 from .data.shards import Shard
 from .data.sources import file_documents
 from .data.tokenize import (_existing_shard, carve_validation, complete_meta, content_key, input_record,
@@ -35,8 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", type=Path, help="recipe YAML file")
     p.add_argument("--out", type=Path, help="a run folder whose shards/ already hold the tokenized sources")
-    p.add_argument("--trust-shards", action="store_true",
-                   help="take `list:` shards without a record of their tokenizer as the recipe tokenizer's")
+    add_trust_flag(p)
     p.add_argument("--max-epochs", type=float, metavar="E",
                    help="warn when a source is read more than E times (default: the recipe's max_epochs, 4)")
     return p

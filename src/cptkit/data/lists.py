@@ -16,6 +16,7 @@ with the source's `tokenizer_fingerprint:` or `--trust-shards`."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -29,6 +30,13 @@ from .mixlists import read_list
 from .shards import Documents, Shard
 
 TRUST_ENV = "CPT_TRUST_SHARDS"  # set by --trust-shards (inherited by torchrun's ranks and a sweep's runs)
+
+
+def add_trust_flag(parser) -> None:
+    """`--trust-shards`, on every command that opens a recipe's `list:` sources (cli.main reads it)."""
+    parser.add_argument("--trust-shards", action="store_true",
+                        help="take the shards of `list:` sources that carry no record of their tokenizer as the "
+                             "recipe tokenizer's (or declare tokenizer_fingerprint: on the source)")
 _CHUNK = 1 << 26  # tokens per read of the vocabulary scan
 
 
@@ -37,12 +45,14 @@ class _Tokens:
 
     def __init__(self, shards: list[Shard]):
         self.shards = shards
-        self.offsets = np.cumsum([0] + [len(s.tokens) for s in shards])
+        self.arrays = [s.tokens for s in shards]
+        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
+        self._bounds = self.offsets.tolist()  # Python ints: bisect on them beats numpy on a scalar
 
     def __getitem__(self, key: slice) -> np.ndarray:
-        i = int(self.offsets.searchsorted(key.start, side="right")) - 1
-        base = int(self.offsets[i])
-        return self.shards[i].tokens[key.start - base : key.stop - base]
+        i = bisect.bisect_right(self._bounds, key.start) - 1
+        base = self._bounds[i]
+        return self.arrays[i][key.start - base : key.stop - base]
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data.lists import add_trust_flag
 from ..errors import CptError
 
 HELP = """Write a recipe's plan as runs of ALCF's Megatron-DeepSpeed (train_alcf.sh): per run a
@@ -26,8 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the export (new, empty, or an export of it)")
     p.add_argument("--gpus", action="append", default=[], metavar="[STAGE=]N",
                    help="GPUs each run trains on (default 1); STAGE=N for one stage; repeat as needed")
-    p.add_argument("--trust-shards", action="store_true",
-                   help="take `list:` shards without a record of their tokenizer as the recipe tokenizer's")
+    add_trust_flag(p)
     p.add_argument("--force", action="store_true", help="replace another export in --out")
     return p
 

@@ -171,7 +171,7 @@ def _schedule(recipe: Recipe, run: Run, seg: Segment, prev: Run | None) -> None:
                        "inside a schedule it continues (--finetune restarts Megatron's LR count too)")
     if rise is not None and rise.lr_from > 0 and rewarms:
         run.notes.append(f"Megatron warms up from 0, cpt from {rise.lr_from:.4g} (the LR it starts at)")
-    phases = curve_flags(curve, origin, L, st.name, start, start + run.steps * batch)
+    phases = curve_flags(curve, origin, L, st.name, start + run.steps * batch)
     run.lr = megatron_args(phases, run.gbs)
     run.deviation = max_deviation(run, seg, batch)
     if run.deviation > 1e-6:
@@ -190,9 +190,9 @@ def max_deviation(run: Run, seg: Segment, batch: int) -> float:
     return worst
 
 
-def curve_flags(curve: Curve, origin: int, seq_len: int, stage: str, start: int, end: int) -> dict:
-    """Where Megatron-DeepSpeed's scheduler phases fall, in global samples, for the window
-    [start, end) (curve tokens) of `curve` laid from global sample `origin`: keys lr, min_lr,
+def curve_flags(curve: Curve, origin: int, seq_len: int, stage: str, end: int) -> dict:
+    """Where Megatron-DeepSpeed's scheduler phases fall, in global samples, for a run that ends at
+    curve token `end` of `curve` laid from global sample `origin`: keys lr, min_lr,
     lr_decay_style, warmup, decay (D), and per style constant_lr, timescale, cooldown, constant
     (the infinite schedules) or plus_cooldown (constant + a 1-sqrt cooldown)."""
     at = {p.name: p for p in curve.phases}  # zero-length phases included: a warmup of 0 is one
@@ -232,12 +232,12 @@ def curve_flags(curve: Curve, origin: int, seq_len: int, stage: str, start: int,
         return flags | dict(lr_decay_style=last.shape, warmup=s(last.start))
     # exponential: an infinite schedule's anneal, its earlier phases laid over [0, start) and flat
     # (cooling from LR_max to constant_lr = LR_max); it needs a start past sample 0 and a floor > 0
-    start = s(last.start)
-    if start == 0 or not 0 < last.lr_to < last.lr_from:
+    begins = s(last.start)
+    if begins == 0 or not 0 < last.lr_to < last.lr_from:
         raise refuse(f"an exponential decay to {last.lr_to:g} from the first sample Megatron counts (it is an "
                      "infinite schedule's anneal there: it needs earlier samples and a final LR above 0)")
     return flags | dict(lr_decay_style="infinite-cosine", warmup=0, constant_lr=last.lr_from, timescale=10.0,
-                        cooldown=start, constant=0)
+                        cooldown=begins, constant=0)
 
 
 def megatron_args(phases: dict, gbs: int) -> dict:
